@@ -1,0 +1,50 @@
+#include "dataplane/base/log.h"
+
+#include <unistd.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <ctime>
+
+namespace sluice {
+namespace {
+std::atomic<int> g_level{static_cast<int>(LogLevel::kInfo)};
+const char* level_tag(LogLevel l) {
+  switch (l) {
+    case LogLevel::kError: return "error";
+    case LogLevel::kWarn: return "warn";
+    case LogLevel::kInfo: return "info";
+    case LogLevel::kDebug: return "debug";
+  }
+  return "?";
+}
+}  // namespace
+
+void set_log_level(LogLevel level) noexcept {
+  g_level.store(static_cast<int>(level), std::memory_order_relaxed);
+}
+LogLevel log_level() noexcept {
+  return static_cast<LogLevel>(g_level.load(std::memory_order_relaxed));
+}
+
+void log_message(LogLevel level, const char* component, const char* fmt, ...) noexcept {
+  char buf[1024];
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  int n = std::snprintf(buf, sizeof buf, "%lld.%03ld %s %s: ",
+                        static_cast<long long>(ts.tv_sec), ts.tv_nsec / 1000000,
+                        level_tag(level), component);
+  if (n < 0) return;
+  size_t used = static_cast<size_t>(n) < sizeof buf ? static_cast<size_t>(n) : sizeof buf - 1;
+  va_list ap;
+  va_start(ap, fmt);
+  int m = std::vsnprintf(buf + used, sizeof buf - used, fmt, ap);
+  va_end(ap);
+  if (m > 0) used += static_cast<size_t>(m) < sizeof buf - used ? static_cast<size_t>(m) : sizeof buf - used - 1;
+  if (used >= sizeof buf - 1) used = sizeof buf - 2;
+  buf[used++] = '\n';
+  ssize_t w = ::write(STDERR_FILENO, buf, used);
+  (void)w;
+}
+
+}  // namespace sluice

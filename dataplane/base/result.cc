@@ -1,0 +1,45 @@
+#include "dataplane/base/result.h"
+
+namespace sluice {
+
+std::string_view errc_name(Errc e) noexcept {
+  switch (e) {
+    case Errc::kOk: return "ok";
+    case Errc::kSystem: return "system";
+    case Errc::kInvalidArgument: return "invalid-argument";
+    case Errc::kRegionZeroSize: return "region-zero-size";
+    case Errc::kRegionOverlap: return "region-overlap";
+    case Errc::kRegionPastEndOfFile: return "region-past-end-of-file";
+    case Errc::kRegionAddressOverflow: return "region-address-overflow";
+    case Errc::kRegionBadFd: return "region-bad-fd";
+    case Errc::kRegionNotFound: return "region-not-found";
+    case Errc::kTooManyRegions: return "too-many-regions";
+    case Errc::kAddressNotMapped: return "address-not-mapped";
+    case Errc::kQueueBadSize: return "queue-bad-size";
+    case Errc::kQueueMisaligned: return "queue-misaligned";
+    case Errc::kQueueRingNotContiguous: return "queue-ring-not-contiguous";
+    case Errc::kQueueNotReady: return "queue-not-ready";
+    case Errc::kQueueBroken: return "queue-broken";
+    case Errc::kAvailIndexTooFar: return "avail-index-too-far";
+    case Errc::kHeadOutOfRange: return "head-out-of-range";
+    case Errc::kNextOutOfRange: return "next-out-of-range";
+    case Errc::kChainTooLong: return "chain-too-long";
+    case Errc::kIndirectBadLength: return "indirect-bad-length";
+    case Errc::kIndirectTooLong: return "indirect-too-long";
+    case Errc::kIndirectNested: return "indirect-nested";
+    case Errc::kIndirectWithNext: return "indirect-with-next";
+    case Errc::kIndirectNotNegotiated: return "indirect-not-negotiated";
+    case Errc::kDescAddressOverflow: return "desc-address-overflow";
+    case Errc::kDescNotMapped: return "desc-not-mapped";
+    case Errc::kReadableAfterWritable: return "readable-after-writable";
+    case Errc::kChainTooManySegments: return "chain-too-many-segments";
+    case Errc::kChainTooLarge: return "chain-too-large";
+    case Errc::kUsedIdOutOfRange: return "used-id-out-of-range";
+    case Errc::kUsedOutOfOrder: return "used-out-of-order";
+    case Errc::kUsedIndexTooFar: return "used-index-too-far";
+    case Errc::kQueueFull: return "queue-full";
+  }
+  return "unknown";
+}
+
+}  // namespace sluice

@@ -1,0 +1,118 @@
+// Result<T>: a value or a named error. Used across dataplane/, vhost/ and vfio/
+// instead of exceptions (STYLE.md rule 7).
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+#include <utility>
+#include <variant>
+
+namespace sluice {
+
+// Every error the lower layers can report, by name. Grouped by subsystem; the
+// name is what logs, tests and the management API show.
+enum class Errc : uint16_t {
+  kOk = 0,
+  // generic / system
+  kSystem,            // a syscall failed; errno is carried in Error::sys_errno
+  kInvalidArgument,
+  // guest memory (dataplane/memory)
+  kRegionZeroSize,
+  kRegionOverlap,
+  kRegionPastEndOfFile,
+  kRegionAddressOverflow,
+  kRegionBadFd,
+  kRegionNotFound,
+  kTooManyRegions,
+  kAddressNotMapped,  // a guest range is not (fully) inside any region
+  // virtqueue configuration
+  kQueueBadSize,
+  kQueueMisaligned,
+  kQueueRingNotContiguous,
+  kQueueNotReady,
+  kQueueBroken,
+  // virtqueue: guest-controlled values (each marks the queue broken)
+  kAvailIndexTooFar,     // avail idx more than queue size ahead of last_avail
+  kHeadOutOfRange,       // avail ring entry >= queue size
+  kNextOutOfRange,       // desc.next >= queue size
+  kChainTooLong,         // more descriptors than the queue size (a loop)
+  kIndirectBadLength,    // indirect table len not a non-zero multiple of 16
+  kIndirectTooLong,      // indirect table longer than the bound
+  kIndirectNested,       // INDIRECT inside an indirect table
+  kIndirectWithNext,     // INDIRECT together with NEXT in one descriptor
+  kIndirectNotNegotiated,
+  kDescAddressOverflow,  // addr + len wraps 64 bits
+  kDescNotMapped,        // buffer outside guest memory
+  kReadableAfterWritable,// a device-readable descriptor after a writable one
+  kChainTooManySegments, // more host segments than the chain can carry
+  kChainTooLarge,        // total length above 4 GiB (virtio 1.2 2.7.5)
+  kUsedIdOutOfRange,     // driver side: a used id that names no buffer
+  kUsedOutOfOrder,       // driver side: an in-order batch id out of order
+  kUsedIndexTooFar,      // driver side: used idx ran past what was made available
+  kQueueFull,            // driver side: no free descriptors
+};
+
+std::string_view errc_name(Errc e) noexcept;
+
+// An error: its name, the errno behind it when a syscall failed, and whether a
+// peer that caused it may reconnect (a session error) or not.
+struct Error {
+  Errc code = Errc::kOk;
+  int sys_errno = 0;
+
+  constexpr Error() = default;
+  constexpr Error(Errc c, int e = 0) : code(c), sys_errno(e) {}  // NOLINT: implicit on purpose
+  static Error from_errno(int e) { return Error(Errc::kSystem, e); }
+  std::string_view name() const noexcept { return errc_name(code); }
+  friend constexpr bool operator==(const Error& a, const Error& b) = default;
+  friend constexpr bool operator==(const Error& a, Errc b) { return a.code == b; }
+};
+
+// Result<T>: either a T or an Error. Deliberately small: no exceptions, no
+// monadic helpers beyond what the code uses.
+template <class T>
+class [[nodiscard]] Result {
+ public:
+  Result(T v) : v_(std::in_place_index<0>, std::move(v)) {}        // NOLINT
+  Result(Error e) : v_(std::in_place_index<1>, e) {}               // NOLINT
+  Result(Errc c) : v_(std::in_place_index<1>, Error(c)) {}         // NOLINT
+
+  bool ok() const noexcept { return v_.index() == 0; }
+  explicit operator bool() const noexcept { return ok(); }
+  T& value() & { return std::get<0>(v_); }
+  const T& value() const& { return std::get<0>(v_); }
+  T&& value() && { return std::get<0>(std::move(v_)); }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+  T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+  const Error& error() const { return std::get<1>(v_); }
+
+ private:
+  std::variant<T, Error> v_;
+};
+
+template <>
+class [[nodiscard]] Result<void> {
+ public:
+  Result() = default;
+  Result(Error e) : e_(e) {}        // NOLINT
+  Result(Errc c) : e_(Error(c)) {}  // NOLINT
+  bool ok() const noexcept { return e_.code == Errc::kOk; }
+  explicit operator bool() const noexcept { return ok(); }
+  const Error& error() const { return e_; }
+
+ private:
+  Error e_{};
+};
+
+using Status = Result<void>;
+
+}  // namespace sluice
+
+// Propagate an error from an expression returning Result<...>.
+#define SLUICE_TRY(expr)                       \
+  do {                                         \
+    auto sluice_try_r_ = (expr);               \
+    if (!sluice_try_r_.ok()) return sluice_try_r_.error(); \
+  } while (0)

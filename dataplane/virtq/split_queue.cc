@@ -1,0 +1,305 @@
+#include "dataplane/virtq/split_queue.h"
+
+#include <atomic>
+
+#include "dataplane/base/log.h"
+
+namespace sluice::virtq {
+
+QueueConfig QueueConfig::from_features(uint64_t features, uint16_t size, uint64_t desc,
+                                       uint64_t avail, uint64_t used) {
+  QueueConfig c;
+  c.size = size;
+  c.desc_addr = desc;
+  c.avail_addr = avail;
+  c.used_addr = used;
+  c.event_idx = (features >> kFEventIdx) & 1;
+  c.indirect = (features >> kFIndirectDesc) & 1;
+  c.in_order = (features >> kFInOrder) & 1;
+  return c;
+}
+
+Status SplitQueue::configure(const QueueConfig& cfg) {
+  // 2.7: split queue sizes are powers of two, at most 32768.
+  if (cfg.size == 0 || cfg.size > kMaxQueueSize || (cfg.size & (cfg.size - 1)) != 0)
+    return Errc::kQueueBadSize;
+  // 2.7.2 alignment: descriptor table 16, available ring 2, used ring 4.
+  if (cfg.desc_addr % 16 != 0 || cfg.avail_addr % 2 != 0 || cfg.used_addr % 4 != 0)
+    return Errc::kQueueMisaligned;
+  if (cfg.in_order) {
+    // Head-count storage is created with the queue, resized with it. Pending
+    // completions were flushed by stop() before any reconfiguration.
+    if (nheads_cap_ != cfg.size) {
+      release_nheads();
+      pending_ = std::make_unique<UsedElem[]>(cfg.size);
+      nheads_ = std::make_unique<uint16_t[]>(cfg.size);
+      nheads_cap_ = cfg.size;
+    }
+  } else {
+    release_nheads();
+  }
+  npending_ = 0;
+  pending_bufs_ = 0;
+  cfg_ = cfg;
+  size_ = cfg.size;
+  mask_ = static_cast<uint16_t>(cfg.size - 1);
+  desc_ = avail_ = used_ = nullptr;
+  mem_.reset();
+  memp_ = nullptr;
+  return {};
+}
+
+void SplitQueue::release_nheads() noexcept {
+  // Never-created storage is null: resetting a null unique_ptr frees nothing.
+  pending_.reset();
+  nheads_.reset();
+  nheads_cap_ = 0;
+  npending_ = 0;
+}
+
+Status SplitQueue::attach(std::shared_ptr<const MemoryTable> mem) {
+  if (!configured() || mem == nullptr) return Errc::kQueueNotReady;
+  auto d = mem->translate_exact(cfg_.desc_addr, desc_table_bytes(size_));
+  auto a = mem->translate_exact(cfg_.avail_addr, avail_ring_bytes(size_));
+  auto u = mem->translate_exact(cfg_.used_addr, used_ring_bytes(size_));
+  if (!d.ok() || !a.ok() || !u.ok()) return Errc::kQueueRingNotContiguous;
+  desc_ = d.value();
+  avail_ = a.value();
+  used_ = u.value();
+  memp_ = mem.get();
+  mem_ = std::move(mem);
+  return {};
+}
+
+void SplitQueue::set_base(uint16_t last_avail_idx) {
+  last_avail_ = last_avail_idx;
+  shadow_avail_ = last_avail_idx;
+  used_idx_ = last_avail_idx;
+  shadow_used_ = last_avail_idx;
+  // In-order: the driver fills the table in ring order, so the next head is
+  // where the avail index points (mod size) when nothing is outstanding.
+  next_avail_head_ = static_cast<uint16_t>(last_avail_idx & mask_);
+  npending_ = 0;
+  pending_bufs_ = 0;
+}
+
+uint16_t SplitQueue::stop() {
+  if (running()) (void)flush();
+  desc_ = avail_ = used_ = nullptr;
+  mem_.reset();
+  memp_ = nullptr;
+  return last_avail_;
+}
+
+void SplitQueue::reset() noexcept {
+  release_nheads();
+  cfg_ = QueueConfig{};
+  size_ = mask_ = 0;
+  desc_ = avail_ = used_ = nullptr;
+  mem_.reset();
+  memp_ = nullptr;
+  last_avail_ = shadow_avail_ = used_idx_ = shadow_used_ = next_avail_head_ = 0;
+  pending_bufs_ = 0;
+  broken_ = Error{};
+  stats_ = QueueStats{};
+}
+
+Error SplitQueue::fail(Errc e) noexcept {
+  if (!broken()) {
+    broken_ = Error(e);
+    LOG_WARN("virtq", "queue broken: %.*s (last_avail=%u)",
+             static_cast<int>(errc_name(e).size()), errc_name(e).data(), last_avail_);
+  }
+  return broken_;
+}
+
+// One direct buffer: translate with a shrinking length and loop, so a buffer
+// that spans two regions becomes two segments.
+Status SplitQueue::add_buffer(const Desc& d, Chain& c, bool& seen_write) {
+  bool writable = (d.flags & kDescFWrite) != 0;
+  if (!writable && seen_write) return Errc::kReadableAfterWritable;
+  seen_write |= writable;
+  if (d.len == 0) return {};
+  uint64_t end;
+  if (__builtin_add_overflow(d.addr, static_cast<uint64_t>(d.len) - 1, &end))
+    return Errc::kDescAddressOverflow;
+  uint64_t addr = d.addr;
+  uint64_t left = d.len;
+  while (left > 0) {
+    uint64_t chunk = left;
+    std::byte* p = memp_->translate(addr, &chunk);
+    if (p == nullptr) return Errc::kDescNotMapped;
+    if (!c.add(p, chunk, writable)) return Errc::kChainTooManySegments;
+    addr += chunk;
+    left -= chunk;
+  }
+  if (c.readable_bytes_ + c.writable_bytes_ > UINT32_MAX) return Errc::kChainTooLarge;
+  return {};
+}
+
+Status SplitQueue::walk_indirect(const Desc& d, Chain& c, bool& seen_write) {
+  if (!cfg_.indirect) return Errc::kIndirectNotNegotiated;
+  // 2.7.5.3.1: INDIRECT and NEXT together are forbidden.
+  if (d.flags & kDescFNext) return Errc::kIndirectWithNext;
+  if (d.len == 0 || d.len % sizeof(Desc) != 0) return Errc::kIndirectBadLength;
+  uint32_t n = d.len / static_cast<uint32_t>(sizeof(Desc));
+  if (n > kMaxIndirect) return Errc::kIndirectTooLong;
+  uint64_t end;
+  if (__builtin_add_overflow(d.addr, static_cast<uint64_t>(d.len) - 1, &end))
+    return Errc::kDescAddressOverflow;
+  auto table = memp_->translate_exact(d.addr, d.len);
+  if (!table.ok()) return Errc::kDescNotMapped;
+  uint32_t i = 0;
+  for (uint32_t count = 0;; ++count) {
+    if (count >= n) return Errc::kChainTooLong;  // a loop inside the table
+    Desc x = read_desc(table.value() + static_cast<size_t>(i) * sizeof(Desc));
+    if (x.flags & kDescFIndirect) return Errc::kIndirectNested;
+    SLUICE_TRY(add_buffer(x, c, seen_write));
+    if (!(x.flags & kDescFNext)) return {};
+    if (x.next >= n) return Errc::kNextOutOfRange;
+    i = x.next;
+  }
+}
+
+template <bool InOrder>
+Result<bool> SplitQueue::pop_impl(Chain& c) {
+  if (last_avail_ == shadow_avail_) {
+    // Acquire: the ring entries and descriptors the driver wrote before it
+    // published this index are visible after the load.
+    shadow_avail_ = load_acquire<uint16_t>(avail_ + kAvailIdxOff);
+    uint16_t ahead = static_cast<uint16_t>(shadow_avail_ - last_avail_);
+    if (ahead > size_) return fail(Errc::kAvailIndexTooFar);
+    if (ahead == 0) return false;
+  }
+  uint16_t head;
+  if constexpr (InOrder) {
+    head = next_avail_head_;  // derived, not read (the avail index still is)
+  } else {
+    head = load_relaxed<uint16_t>(avail_ + avail_entry_off(last_avail_ & mask_));
+    if (head >= size_) return fail(Errc::kHeadOutOfRange);
+  }
+  c.clear();
+  c.head_ = head;
+  bool seen_write = false;
+  uint16_t idx = head;
+  uint32_t count = 0;
+  for (;;) {
+    if (++count > size_) return fail(Errc::kChainTooLong);
+    Desc d = read_desc(desc_ + static_cast<size_t>(idx) * sizeof(Desc));
+    if (d.flags & kDescFIndirect) {
+      Status s = walk_indirect(d, c, seen_write);
+      if (!s.ok()) return fail(s.error().code);
+      break;
+    }
+    Status s = add_buffer(d, c, seen_write);
+    if (!s.ok()) return fail(s.error().code);
+    if (!(d.flags & kDescFNext)) break;
+    if (d.next >= size_) return fail(Errc::kNextOutOfRange);
+    idx = d.next;
+  }
+  c.table_descs_ = static_cast<uint16_t>(count);
+  ++last_avail_;
+  if constexpr (InOrder) next_avail_head_ = static_cast<uint16_t>((next_avail_head_ + count) & mask_);
+  ++stats_.popped;
+  return true;
+}
+
+Result<bool> SplitQueue::pop(Chain& c) {
+  if (broken()) return broken_;
+  if (!running()) return Errc::kQueueNotReady;
+  return cfg_.in_order ? pop_impl<true>(c) : pop_impl<false>(c);
+}
+
+void SplitQueue::discard(uint16_t nbufs, uint16_t ndescs) noexcept {
+  last_avail_ = static_cast<uint16_t>(last_avail_ - nbufs);
+  if (cfg_.in_order) next_avail_head_ = static_cast<uint16_t>((next_avail_head_ - ndescs) & mask_);
+  stats_.popped -= nbufs;
+}
+
+void SplitQueue::push(uint16_t head, uint32_t len) noexcept {
+  if (!running()) return;
+  ++stats_.pushed;
+  if (!cfg_.in_order) {
+    // Written straight into the ring; invisible until flush() moves used->idx.
+    std::byte* e = used_ + used_entry_off(shadow_used_ & mask_);
+    store_relaxed<uint32_t>(e, head);
+    store_relaxed<uint32_t>(e + 4, len);
+    ++shadow_used_;
+    ++pending_bufs_;
+    ++stats_.used_elems;
+    return;
+  }
+  if (npending_ == nheads_cap_) (void)flush();  // cannot happen with honest callers
+  if (cfg_.batching == InOrderBatching::kBatch && npending_ > 0) {
+    // Extend the open batch: its element names the newest buffer.
+    pending_[npending_ - 1] = UsedElem{head, len};
+    ++nheads_[npending_ - 1];
+  } else {
+    pending_[npending_] = UsedElem{head, len};
+    nheads_[npending_] = 1;
+    ++npending_;
+  }
+  ++pending_bufs_;
+}
+
+bool SplitQueue::flush() noexcept {
+  if (!running()) return false;
+  if (cfg_.in_order) {
+    // 2.7.9 in-order: each element is written at the slot of the first buffer
+    // it covers, and the used index skips forward by its head count.
+    uint16_t at = shadow_used_;
+    for (uint32_t i = 0; i < npending_; ++i) {
+      std::byte* e = used_ + used_entry_off(at & mask_);
+      store_relaxed<uint32_t>(e, pending_[i].id);
+      store_relaxed<uint32_t>(e + 4, pending_[i].len);
+      at = static_cast<uint16_t>(at + nheads_[i]);
+    }
+    stats_.used_elems += npending_;
+    shadow_used_ = at;
+    npending_ = 0;
+  }
+  if (pending_bufs_ == 0) return false;
+  uint16_t old = used_idx_;
+  used_idx_ = shadow_used_;
+  pending_bufs_ = 0;
+  ++stats_.flushes;
+  // Release: the elements written above are visible before the new index.
+  store_release<uint16_t>(used_ + kUsedIdxOff, used_idx_);
+  // Full fence: our used->idx store must be ordered before we read the
+  // driver's used_event/flags, or both sides can miss each other (2.7.10).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (cfg_.event_idx) {
+    uint16_t event = load_relaxed<uint16_t>(avail_ + avail_entry_off(size_));
+    return need_event(event, used_idx_, old);
+  }
+  return (load_relaxed<uint16_t>(avail_) & kAvailFNoInterrupt) == 0;
+}
+
+void SplitQueue::set_kick_notification(bool enable) noexcept {
+  if (!running()) return;
+  if (cfg_.event_idx) {
+    // avail_event: kick me once the avail index passes last_avail.
+    if (enable) store_relaxed<uint16_t>(used_ + used_entry_off(size_), last_avail_);
+  } else {
+    store_relaxed<uint16_t>(used_, enable ? 0 : kUsedFNoNotify);
+  }
+  // Order the store above before the caller's re-check of the avail index.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+bool SplitQueue::has_available() noexcept {
+  if (!running() || broken()) return false;
+  if (last_avail_ != shadow_avail_) return true;
+  shadow_avail_ = load_acquire<uint16_t>(avail_ + kAvailIdxOff);
+  uint16_t ahead = static_cast<uint16_t>(shadow_avail_ - last_avail_);
+  if (ahead > size_) {
+    (void)fail(Errc::kAvailIndexTooFar);
+    return false;
+  }
+  return ahead != 0;
+}
+
+template Result<bool> SplitQueue::pop_impl<true>(Chain&);
+template Result<bool> SplitQueue::pop_impl<false>(Chain&);
+
+}  // namespace sluice::virtq

@@ -1,0 +1,155 @@
+// Device side of a split virtqueue (virtio 1.2, section 2.7).
+//
+// A passive structure over guest memory (STYLE.md rule 2): it holds ring
+// indices and guest addresses, takes the guest memory it works on, and does no
+// I/O. Single-threaded: one worker owns a running queue; the control thread
+// touches it only while the worker has it quiesced.
+//
+// Security model: the descriptor table, the rings and every index in them are
+// written by the guest while we read them. Each guest value is read once,
+// bounded, then used; any violation marks the queue broken (sticky, with a
+// named reason). No guest value can make us read or write outside the guest's
+// mapped regions.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "dataplane/base/result.h"
+#include "dataplane/memory/guest_memory.h"
+#include "dataplane/virtq/chain.h"
+#include "dataplane/virtq/ring.h"
+
+namespace sluice::virtq {
+
+// How an in-order queue reports completions (2.7.9 with VIRTIO_F_IN_ORDER).
+enum class InOrderBatching : uint8_t {
+  // One used element per flush: the id of the batch's last buffer, the used
+  // index advanced by the batch's buffer count. Buffers before the last one are
+  // reported as fully used, so use it only where the driver ignores their
+  // length (a transmit queue, a request queue whose status is in the data).
+  kBatch,
+  // One used element per buffer, each with its own length (a receive queue).
+  kPerBuffer,
+};
+
+struct QueueConfig {
+  uint16_t size = 0;       // power of two, 1..32768
+  uint64_t desc_addr = 0;  // guest physical addresses of the three areas
+  uint64_t avail_addr = 0;
+  uint64_t used_addr = 0;
+  bool event_idx = false;  // VIRTIO_RING_F_EVENT_IDX negotiated
+  bool indirect = false;   // VIRTIO_RING_F_INDIRECT_DESC negotiated
+  bool in_order = false;   // VIRTIO_F_IN_ORDER negotiated
+  InOrderBatching batching = InOrderBatching::kBatch;
+
+  static QueueConfig from_features(uint64_t features, uint16_t size, uint64_t desc,
+                                   uint64_t avail, uint64_t used);
+};
+
+// Counters a worker exposes to the control plane.
+struct QueueStats {
+  uint64_t popped = 0;
+  uint64_t pushed = 0;
+  uint64_t used_elems = 0;  // used ring elements written (== pushed unless batching)
+  uint64_t flushes = 0;     // used index publications
+};
+
+class SplitQueue {
+ public:
+  // Longest indirect table accepted (entries); longer tables break the queue.
+  static constexpr uint32_t kMaxIndirect = 1024;
+
+  SplitQueue() = default;
+  SplitQueue(const SplitQueue&) = delete;
+  SplitQueue& operator=(const SplitQueue&) = delete;
+
+  // Sets size, ring addresses and ring features. Validates size and alignment.
+  // In-order queues get their head-count storage here (created, or resized
+  // when the size changed); queues without IN_ORDER have none.
+  Status configure(const QueueConfig& cfg);
+  // Binds the queue to a memory table and translates the three ring areas
+  // (each must be contiguous in one region). Call again after the guest's
+  // memory changes; pending completions are kept.
+  Status attach(std::shared_ptr<const MemoryTable> mem);
+  // SET_VRING_BASE: next avail index to read; the used index starts there too
+  // (split ring: the device's used index equals last_avail when idle).
+  void set_base(uint16_t last_avail_idx);
+  // GET_VRING_BASE: publishes any pending completions first (the base must
+  // agree with what the driver has seen), then returns last_avail. The queue
+  // stops: pop() refuses until it is attached again.
+  uint16_t stop();
+  // Device reset / disconnect: forgets everything, including the in-order
+  // head-count storage. Safe on a queue that was never configured.
+  void reset() noexcept;
+
+  bool configured() const noexcept { return size_ != 0; }
+  bool running() const noexcept { return desc_ != nullptr; }
+  bool broken() const noexcept { return broken_.code != Errc::kOk; }
+  Error broken_reason() const noexcept { return broken_; }
+  uint16_t size() const noexcept { return size_; }
+  bool in_order() const noexcept { return cfg_.in_order; }
+
+  // Pops the next available chain into c. Returns false when the ring is
+  // empty, an error when the ring is malformed (the queue is then broken).
+  Result<bool> pop(Chain& c);
+  // Gives back the last `nbufs` popped chains, which occupied `ndescs` table
+  // entries in all: both the avail cursor and the in-order head cursor rewind.
+  void discard(uint16_t nbufs, uint16_t ndescs) noexcept;
+  // Records a completion; nothing is visible to the driver until flush().
+  void push(uint16_t head, uint32_t len) noexcept;
+  // Publishes recorded completions with one release store of the used index.
+  // Returns true when the driver asked to be interrupted (EVENT_IDX or the
+  // NO_INTERRUPT flag, 2.7.7.2).
+  bool flush() noexcept;
+  // Kick suppression (2.7.10): with enable, asks the driver to kick for the
+  // next buffer (then re-check with has_available() to close the race).
+  void set_kick_notification(bool enable) noexcept;
+  // True when the driver has made buffers available that we have not popped.
+  bool has_available() noexcept;
+
+  uint16_t last_avail_idx() const noexcept { return last_avail_; }
+  uint16_t used_idx() const noexcept { return used_idx_; }
+  uint16_t next_avail_head() const noexcept { return next_avail_head_; }
+  // Completions recorded but not yet flushed (buffers, not elements).
+  uint32_t pending_buffers() const noexcept { return pending_bufs_; }
+  // In-order head-count storage: capacity in elements, 0 when never created.
+  uint32_t nheads_capacity() const noexcept { return nheads_cap_; }
+  const QueueStats& stats() const noexcept { return stats_; }
+
+ private:
+  template <bool InOrder>
+  Result<bool> pop_impl(Chain& c);
+  Status walk_indirect(const Desc& d, Chain& c, bool& seen_write);
+  Status add_buffer(const Desc& d, Chain& c, bool& seen_write);
+  Error fail(Errc e) noexcept;
+  void release_nheads() noexcept;
+
+  QueueConfig cfg_{};
+  uint16_t size_ = 0;
+  uint16_t mask_ = 0;
+  std::shared_ptr<const MemoryTable> mem_;
+  const MemoryTable* memp_ = nullptr;
+  std::byte* desc_ = nullptr;
+  std::byte* avail_ = nullptr;
+  std::byte* used_ = nullptr;
+
+  uint16_t last_avail_ = 0;    // next avail ring entry to read
+  uint16_t shadow_avail_ = 0;  // last avail->idx we read
+  uint16_t used_idx_ = 0;      // used->idx as published
+  uint16_t shadow_used_ = 0;   // used index including unflushed completions
+  uint16_t next_avail_head_ = 0;  // in-order: derived head of the next chain
+
+  // In-order completion storage ("nheads"): pending used elements and how many
+  // buffers each covers. Created by configure() for in-order queues only.
+  std::unique_ptr<UsedElem[]> pending_;
+  std::unique_ptr<uint16_t[]> nheads_;
+  uint32_t nheads_cap_ = 0;
+  uint32_t npending_ = 0;     // elements
+  uint32_t pending_bufs_ = 0;  // buffers
+
+  Error broken_{};
+  QueueStats stats_{};
+};
+
+}  // namespace sluice::virtq
