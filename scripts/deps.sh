@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages Sluice builds and tests with. Idempotent:
+# packages already present are not touched, and apt is not run at all when
+# nothing is missing.
+set -euo pipefail
+
+PKGS=(
+  meson ninja-build pkg-config g++
+  liburing-dev
+  libgtest-dev libbenchmark-dev
+  clang libclang-rt-14-dev   # libFuzzer + sanitizers for the fuzz target
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "sluice: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# README command 2: the whole test suite.
+#  1. unit tests, -Werror build (gcc)
+#  2. the same tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#  3. the libFuzzer targets (clang), each for a bounded time
+# Ends with one line: "N passed, N failed, N skipped".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh || exit 1
+
+FUZZ_SECONDS=${SLUICE_FUZZ_SECONDS:-60}
+JOBS=${SLUICE_JOBS:-2}
+passed=0 failed=0 skipped=0
+
+setup() {  # setup DIR [meson args...]: configure once, reconfigure cheaply after
+  local dir=$1; shift
+  if [ -f "$dir/build.ninja" ]; then
+    meson configure "$dir" "$@" >/dev/null
+  else
+    meson setup "$dir" "$@" >/dev/null
+  fi
+}
+
+# Adds one meson test run's results to the totals, counting GoogleTest cases
+# (a test program that crashed or timed out counts as one failure).
+count_meson() {
+  local log=$1/meson-logs/testlog.json
+  [ -f "$log" ] || { failed=$((failed + 1)); return; }
+  local p f s
+  read -r p f s < <(python3 - "$log" <<'PY'
+import json, re, sys
+p = f = s = 0
+for line in open(sys.argv[1]):
+    t = json.loads(line)
+    out = t.get("stdout") or ""
+    m = re.search(r"\[  PASSED  \] (\d+) test", out)
+    k = re.search(r"\[  SKIPPED \] (\d+) test", out)
+    x = re.search(r"\[  FAILED  \] (\d+) test", out)
+    if m: p += int(m.group(1))
+    if k: s += int(k.group(1))
+    if x: f += int(x.group(1))
+    if t["result"] not in ("OK", "SKIP", "EXPECTEDFAIL") and not x: f += 1
+    if not (m or k or x) and t["result"] == "OK": p += 1
+    if not (m or k or x) and t["result"] == "SKIP": s += 1
+print(p, f, s)
+PY
+)
+  passed=$((passed + p)); failed=$((failed + f)); skipped=$((skipped + s))
+}
+
+run_suite() {  # run_suite NAME DIR [meson args...]
+  local name=$1 dir=$2; shift 2
+  echo "== $name =="
+  if ! setup "$dir" "$@" || ! ninja -C "$dir" -j "$JOBS" >"$dir.build.log" 2>&1; then
+    echo "$name: build failed (log: $dir.build.log)"; tail -30 "$dir.build.log"
+    failed=$((failed + 1)); return
+  fi
+  rm -f "$dir/meson-logs/testlog.json"
+  meson test -C "$dir" --print-errorlogs --num-processes "$JOBS" | grep -vE '^(Ok|Expected Fail|Fail|Unexpected Pass|Skipped|Timeout):'
+  count_meson "$dir"
+}
+
+run_suite "unit tests (gcc, -Werror)" build -Dwerror=true -Dbench=true
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+ASAN_OPTIONS=detect_leaks=1 \
+run_suite "unit tests under ASan+UBSan" build-asan -Dwerror=true -Dbench=false \
+  -Db_sanitize=address,undefined -Db_lundef=false
+
+echo "== fuzzing (libFuzzer, ${FUZZ_SECONDS}s per target) =="
+if CXX=clang++ setup build-fuzz -Dfuzz=true -Dtests=false -Dbench=false -Dwerror=true \
+     -Db_sanitize=address,undefined -Db_lundef=false &&
+   ninja -C build-fuzz -j "$JOBS" >build-fuzz.build.log 2>&1; then
+  for target in build-fuzz/tests/fuzz/fuzz_*; do
+    [ -f "$target" ] && [ -x "$target" ] || continue
+    name=$(basename "$target")
+    corpus=build-fuzz/corpus-$name
+    mkdir -p "$corpus"
+    if "$target" -max_total_time="$FUZZ_SECONDS" -max_len=8192 -artifact_prefix=build-fuzz/ \
+         -print_final_stats=1 "$corpus" tests/fuzz/seeds 2>build-fuzz/$name.log >/dev/null; then
+      echo "$name: ok ($(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' build-fuzz/$name.log | grep -o '[0-9]*$') inputs)"
+      passed=$((passed + 1))
+    else
+      echo "$name: FAILED"; grep -vE 'warn virtq' build-fuzz/$name.log | tail -40
+      failed=$((failed + 1))
+    fi
+  done
+else
+  echo "fuzz build failed"; tail -30 build-fuzz.build.log; failed=$((failed + 1))
+fi
+
+echo
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
