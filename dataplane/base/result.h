@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <variant>
 
@@ -90,6 +91,31 @@ class [[nodiscard]] Result {
 
  private:
   std::variant<T, Error> v_;
+};
+
+// Trivially copyable values (bool, integers, pointers): two plain members, so
+// a Result on the hot path is returned in registers with no variant machinery.
+template <class T>
+  requires(std::is_trivially_copyable_v<T> && std::is_default_constructible_v<T>)
+class [[nodiscard]] Result<T> {
+ public:
+  Result(T v) : v_(v) {}                // NOLINT
+  Result(Error e) : e_(e) {}            // NOLINT
+  Result(Errc c) : e_(Error(c)) {}      // NOLINT
+
+  bool ok() const noexcept { return e_.code == Errc::kOk; }
+  explicit operator bool() const noexcept { return ok(); }
+  T& value() { return v_; }
+  const T& value() const { return v_; }
+  T* operator->() { return &v_; }
+  const T* operator->() const { return &v_; }
+  T& operator*() { return v_; }
+  const T& operator*() const { return v_; }
+  const Error& error() const { return e_; }
+
+ private:
+  T v_{};
+  Error e_{};
 };
 
 template <>

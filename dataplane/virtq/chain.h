@@ -6,7 +6,6 @@
 
 #include <cstdint>
 #include <span>
-#include <vector>
 
 namespace sluice::virtq {
 
@@ -16,47 +15,45 @@ class Chain {
   // that crosses a region edge becomes two segments.
   static constexpr uint32_t kMaxSegments = 1024;
 
-  Chain() { iov_.reserve(kMaxSegments); }
+  Chain() = default;
+  Chain(const Chain&) = delete;
+  Chain& operator=(const Chain&) = delete;
 
   uint16_t head() const noexcept { return head_; }
   // Descriptors this chain occupies in the descriptor table (1 for an
   // indirect chain): the in-order cursor advances by this much.
   uint16_t table_descs() const noexcept { return table_descs_; }
-  std::span<const iovec> readable() const noexcept { return {iov_.data(), nreadable_}; }
-  std::span<const iovec> writable() const noexcept {
-    return {iov_.data() + nreadable_, iov_.size() - nreadable_};
-  }
-  std::span<const iovec> all() const noexcept { return iov_; }
-  uint64_t readable_bytes() const noexcept { return readable_bytes_; }
-  uint64_t writable_bytes() const noexcept { return writable_bytes_; }
+  std::span<const iovec> readable() const noexcept { return {iov_, nreadable_}; }
+  std::span<const iovec> writable() const noexcept { return {iov_ + nreadable_, n_ - nreadable_}; }
+  std::span<const iovec> all() const noexcept { return {iov_, n_}; }
+  uint64_t readable_bytes() const noexcept { return bytes_[0]; }
+  uint64_t writable_bytes() const noexcept { return bytes_[1]; }
 
  private:
   friend class SplitQueue;
-  void clear() noexcept {
-    iov_.clear();  // keeps capacity: no allocation per request
-    nreadable_ = 0;
-    readable_bytes_ = writable_bytes_ = 0;
+  void clear(uint16_t head) noexcept {
+    n_ = nreadable_ = 0;
+    bytes_[0] = bytes_[1] = 0;
+    head_ = head;
     table_descs_ = 0;
   }
-  // False when the chain is already full.
+  // False when the chain is already full. Branch-free on the direction.
   bool add(void* base, uint64_t len, bool writable) noexcept {
-    if (iov_.size() == kMaxSegments) return false;
-    iov_.push_back(iovec{base, static_cast<size_t>(len)});
-    if (writable) {
-      writable_bytes_ += len;
-    } else {
-      ++nreadable_;
-      readable_bytes_ += len;
-    }
+    if (n_ == kMaxSegments) return false;
+    iov_[n_++] = iovec{base, static_cast<size_t>(len)};
+    nreadable_ += !writable;
+    bytes_[writable] += len;
     return true;
   }
 
-  std::vector<iovec> iov_;
-  size_t nreadable_ = 0;
-  uint64_t readable_bytes_ = 0;
-  uint64_t writable_bytes_ = 0;
+  // A fixed array, not a vector: a Chain is made once per worker and reused,
+  // and filling it never allocates.
+  uint32_t n_ = 0;
+  uint32_t nreadable_ = 0;
+  uint64_t bytes_[2] = {0, 0};  // readable, writable
   uint16_t head_ = 0;
   uint16_t table_descs_ = 0;
+  iovec iov_[kMaxSegments];
 };
 
 }  // namespace sluice::virtq

@@ -115,29 +115,32 @@ Error SplitQueue::fail(Errc e) noexcept {
 
 // One direct buffer: translate with a shrinking length and loop, so a buffer
 // that spans two regions becomes two segments.
-Status SplitQueue::add_buffer(const Desc& d, Chain& c, bool& seen_write) {
+[[gnu::always_inline]] inline Errc SplitQueue::add_buffer(const Desc& d, Chain& c,
+                                                          bool& seen_write) {
   bool writable = (d.flags & kDescFWrite) != 0;
-  if (!writable && seen_write) return Errc::kReadableAfterWritable;
+  if (!writable & seen_write) return Errc::kReadableAfterWritable;
   seen_write |= writable;
-  if (d.len == 0) return {};
+  if (d.len == 0) [[unlikely]]
+    return Errc::kOk;
   uint64_t end;
-  if (__builtin_add_overflow(d.addr, static_cast<uint64_t>(d.len) - 1, &end))
+  if (__builtin_add_overflow(d.addr, static_cast<uint64_t>(d.len) - 1, &end)) [[unlikely]]
     return Errc::kDescAddressOverflow;
   uint64_t addr = d.addr;
   uint64_t left = d.len;
-  while (left > 0) {
+  do {
     uint64_t chunk = left;
     std::byte* p = memp_->translate(addr, &chunk);
-    if (p == nullptr) return Errc::kDescNotMapped;
-    if (!c.add(p, chunk, writable)) return Errc::kChainTooManySegments;
+    if (p == nullptr) [[unlikely]]
+      return Errc::kDescNotMapped;
+    if (!c.add(p, chunk, writable)) [[unlikely]]
+      return Errc::kChainTooManySegments;
     addr += chunk;
     left -= chunk;
-  }
-  if (c.readable_bytes_ + c.writable_bytes_ > UINT32_MAX) return Errc::kChainTooLarge;
-  return {};
+  } while (left > 0);
+  return Errc::kOk;
 }
 
-Status SplitQueue::walk_indirect(const Desc& d, Chain& c, bool& seen_write) {
+Errc SplitQueue::walk_indirect(const Desc& d, Chain& c, bool& seen_write) {
   if (!cfg_.indirect) return Errc::kIndirectNotNegotiated;
   // 2.7.5.3.1: INDIRECT and NEXT together are forbidden.
   if (d.flags & kDescFNext) return Errc::kIndirectWithNext;
@@ -154,8 +157,9 @@ Status SplitQueue::walk_indirect(const Desc& d, Chain& c, bool& seen_write) {
     if (count >= n) return Errc::kChainTooLong;  // a loop inside the table
     Desc x = read_desc(table.value() + static_cast<size_t>(i) * sizeof(Desc));
     if (x.flags & kDescFIndirect) return Errc::kIndirectNested;
-    SLUICE_TRY(add_buffer(x, c, seen_write));
-    if (!(x.flags & kDescFNext)) return {};
+    Errc e = add_buffer(x, c, seen_write);
+    if (e != Errc::kOk) return e;
+    if (!(x.flags & kDescFNext)) return Errc::kOk;
     if (x.next >= n) return Errc::kNextOutOfRange;
     i = x.next;
   }
@@ -178,25 +182,31 @@ Result<bool> SplitQueue::pop_impl(Chain& c) {
     head = load_relaxed<uint16_t>(avail_ + avail_entry_off(last_avail_ & mask_));
     if (head >= size_) return fail(Errc::kHeadOutOfRange);
   }
-  c.clear();
-  c.head_ = head;
+  c.clear(head);
   bool seen_write = false;
   uint16_t idx = head;
   uint32_t count = 0;
   for (;;) {
-    if (++count > size_) return fail(Errc::kChainTooLong);
+    if (++count > size_) [[unlikely]]
+      return fail(Errc::kChainTooLong);
     Desc d = read_desc(desc_ + static_cast<size_t>(idx) * sizeof(Desc));
     if (d.flags & kDescFIndirect) {
-      Status s = walk_indirect(d, c, seen_write);
-      if (!s.ok()) return fail(s.error().code);
+      Errc e = walk_indirect(d, c, seen_write);
+      if (e != Errc::kOk) return fail(e);
       break;
     }
-    Status s = add_buffer(d, c, seen_write);
-    if (!s.ok()) return fail(s.error().code);
+    Errc e = add_buffer(d, c, seen_write);
+    if (e != Errc::kOk) [[unlikely]]
+      return fail(e);
     if (!(d.flags & kDescFNext)) break;
-    if (d.next >= size_) return fail(Errc::kNextOutOfRange);
+    if (d.next >= size_) [[unlikely]]
+      return fail(Errc::kNextOutOfRange);
     idx = d.next;
   }
+  // 2.7.5: a chain is at most 4 GiB in total. Each descriptor is below 4 GiB
+  // and a chain has at most 32768 + 1024 of them, so the sum cannot overflow.
+  if (c.bytes_[0] + c.bytes_[1] > UINT32_MAX) [[unlikely]]
+    return fail(Errc::kChainTooLarge);
   c.table_descs_ = static_cast<uint16_t>(count);
   ++last_avail_;
   if constexpr (InOrder) next_avail_head_ = static_cast<uint16_t>((next_avail_head_ + count) & mask_);

@@ -120,8 +120,8 @@ class SplitQueue {
  private:
   template <bool InOrder>
   Result<bool> pop_impl(Chain& c);
-  Status walk_indirect(const Desc& d, Chain& c, bool& seen_write);
-  Status add_buffer(const Desc& d, Chain& c, bool& seen_write);
+  Errc walk_indirect(const Desc& d, Chain& c, bool& seen_write);
+  Errc add_buffer(const Desc& d, Chain& c, bool& seen_write);
   Error fail(Errc e) noexcept;
   void release_nheads() noexcept;
 
