@@ -76,9 +76,12 @@ void SplitQueue::set_base(uint16_t last_avail_idx) {
   shadow_avail_ = last_avail_idx;
   used_idx_ = last_avail_idx;
   shadow_used_ = last_avail_idx;
-  // In-order: the driver fills the table in ring order, so the next head is
-  // where the avail index points (mod size) when nothing is outstanding.
-  next_avail_head_ = static_cast<uint16_t>(last_avail_idx & mask_);
+  // In-order: the avail index says nothing about where the driver's table
+  // cursor is (chains may be several descriptors long), so the first chain
+  // after a (re)start takes its head from the avail ring, which the driver
+  // still fills; heads are derived from there on.
+  next_avail_head_ = 0;
+  head_known_ = false;
   npending_ = 0;
   pending_bufs_ = 0;
 }
@@ -99,6 +102,7 @@ void SplitQueue::reset() noexcept {
   mem_.reset();
   memp_ = nullptr;
   last_avail_ = shadow_avail_ = used_idx_ = shadow_used_ = next_avail_head_ = 0;
+  head_known_ = false;
   pending_bufs_ = 0;
   broken_ = Error{};
   stats_ = QueueStats{};
@@ -177,7 +181,14 @@ Result<bool> SplitQueue::pop_impl(Chain& c) {
   }
   uint16_t head;
   if constexpr (InOrder) {
-    head = next_avail_head_;  // derived, not read (the avail index still is)
+    if (head_known_) [[likely]] {
+      head = next_avail_head_;  // derived, not read (the avail index still is)
+    } else {
+      head = load_relaxed<uint16_t>(avail_ + avail_entry_off(last_avail_ & mask_));
+      if (head >= size_) return fail(Errc::kHeadOutOfRange);
+      next_avail_head_ = head;
+      head_known_ = true;
+    }
   } else {
     head = load_relaxed<uint16_t>(avail_ + avail_entry_off(last_avail_ & mask_));
     if (head >= size_) return fail(Errc::kHeadOutOfRange);
@@ -221,6 +232,7 @@ Result<bool> SplitQueue::pop(Chain& c) {
 }
 
 void SplitQueue::discard(uint16_t nbufs, uint16_t ndescs) noexcept {
+  if (nbufs == 0) return;
   last_avail_ = static_cast<uint16_t>(last_avail_ - nbufs);
   if (cfg_.in_order) next_avail_head_ = static_cast<uint16_t>((next_avail_head_ - ndescs) & mask_);
   stats_.popped -= nbufs;

@@ -139,6 +139,7 @@ class SplitQueue {
   uint16_t used_idx_ = 0;      // used->idx as published
   uint16_t shadow_used_ = 0;   // used index including unflushed completions
   uint16_t next_avail_head_ = 0;  // in-order: derived head of the next chain
+  bool head_known_ = false;       // in-order: false until the first pop after set_base
 
   // In-order completion storage ("nheads"): pending used elements and how many
   // buffers each covers. Created by configure() for in-order queues only.

@@ -45,8 +45,10 @@ TEST(InOrder, HeadIsDerivedNotReadFromAvailRing) {
   EXPECT_EQ(r.add(2, true), 4);  // indirect: one table slot
   EXPECT_EQ(r.add(2), 5);
   r.drv.ring().publish();
-  // Scribble over the avail ring: an in-order device must not read it.
-  for (uint16_t i = 0; i < 4; ++i) r.drv.poke_avail_entry(i, 0xffff);
+  // Scribble over the avail ring past the first entry: after the first chain
+  // (which locates the driver's table cursor) an in-order device must not
+  // read it.
+  for (uint16_t i = 1; i < 4; ++i) r.drv.poke_avail_entry(i, 0xffff);
   std::vector<uint16_t> heads;
   for (int i = 0; i < 4; ++i) {
     ASSERT_TRUE(r.q.pop(r.c).value());
@@ -235,11 +237,41 @@ TEST(InOrderLifecycle, FlushedBeforeReadBack) {
   // Restart from the base, as a reconnecting front-end would.
   ASSERT_TRUE(r.q.attach(r.guest.table()).ok());
   r.q.set_base(base);
-  EXPECT_EQ(r.q.next_avail_head(), 3);
   r.add(1);
   r.drv.ring().publish();
   ASSERT_TRUE(r.q.pop(r.c).value());
   EXPECT_EQ(r.c.head(), 3);
+}
+
+TEST(InOrderLifecycle, RestartWithMultiDescriptorChainsFindsTheTableCursor) {
+  // After 2 chains of 3 descriptors the avail index is 2 but the driver's
+  // table cursor is 6: a restarted device must not derive its first head
+  // from the index.
+  Rig r(in_order(16));
+  r.add(3);
+  r.add(3);
+  r.drv.ring().publish();
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(r.q.pop(r.c).value());
+    r.q.push(r.c.head(), 32);
+  }
+  uint16_t base = r.q.stop();
+  UsedBuf u{};
+  while (r.drv.ring().get_used(u).value()) {
+  }
+  SplitQueue fresh;
+  ASSERT_TRUE(fresh.configure(r.drv.device_config()).ok());
+  ASSERT_TRUE(fresh.attach(r.guest.table()).ok());
+  fresh.set_base(base);
+  EXPECT_EQ(r.add(2), 6);
+  EXPECT_EQ(r.add(1), 8);
+  r.drv.ring().publish();
+  Chain c;
+  ASSERT_TRUE(fresh.pop(c).value());
+  EXPECT_EQ(c.head(), 6);
+  EXPECT_EQ(c.table_descs(), 2);
+  ASSERT_TRUE(fresh.pop(c).value());
+  EXPECT_EQ(c.head(), 8);  // derived from there on
 }
 
 TEST(InOrderLifecycle, ResetMidBatchDropsStorage) {
