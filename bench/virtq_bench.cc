@@ -35,16 +35,31 @@ using namespace sluice::virtq;
 
 constexpr uint16_t kQueueSize = 256;
 
-void BM_PopPush(benchmark::State& state, bool in_order, uint16_t ndesc, uint16_t batch) {
+// A guest, a driver and a started device queue over it, plus a data area of
+// kQueueSize 2 KiB buffers.
+struct Bench {
   test::MockGuest guest;
-  test::QueueLayout layout;
-  layout.size = kQueueSize;
-  layout.in_order = in_order;
-  layout.indirect = false;
-  test::MockDriver drv(guest, layout);
+  test::MockDriver drv;
+  SplitQueue q;
+  uint64_t data;
+  explicit Bench(bool in_order)
+      : drv(guest, test::QueueLayout{.size = kQueueSize, .indirect = false, .in_order = in_order}),
+        data(guest.alloc(uint64_t{kQueueSize} * 2048, 64)) {}
+  bool start() {
+    if (!q.configure(drv.device_config()).ok() || !q.attach(guest.table()).ok()) return false;
+    q.set_base(0);
+    q.set_kick_notification(false);
+    return true;
+  }
+};
+
+void BM_PopPush(benchmark::State& state, bool in_order, uint16_t ndesc, uint16_t batch) {
+  Bench b(in_order);
+  test::MockDriver& drv = b.drv;
+  SplitQueue& q = b.q;
+  uint64_t data = b.data;
   // Lay chains of ndesc descriptors at 0, ndesc, 2*ndesc, ... (ring order) and
   // point every avail slot at the chain an in-order device would derive.
-  uint64_t data = guest.alloc(uint64_t{kQueueSize} * 2048, 64);
   for (uint16_t i = 0; i < kQueueSize; ++i) {
     bool last = (i + 1) % ndesc == 0;
     Desc d{data + uint64_t{i} * 2048, 1500, static_cast<uint16_t>(last ? 0 : kDescFNext),
@@ -53,14 +68,10 @@ void BM_PopPush(benchmark::State& state, bool in_order, uint16_t ndesc, uint16_t
   }
   for (uint16_t s = 0; s < kQueueSize; ++s)
     drv.poke_avail_entry(s, static_cast<uint16_t>((s * ndesc) % kQueueSize));
-  SplitQueue q;
-  auto cfg = drv.device_config();
-  if (!q.configure(cfg).ok() || !q.attach(guest.table()).ok()) {
+  if (!b.start()) {
     state.SkipWithError("queue setup failed");
     return;
   }
-  q.set_base(0);
-  q.set_kick_notification(false);
   Chain c;
   uint16_t avail = 0;
   for (auto _ : state) {
@@ -96,20 +107,14 @@ void pin_to_cpu(unsigned cpu) {
 // vhost worker; that traffic is what in-order saves (no avail ring reads, one
 // used element per batch).
 void BM_CrossCore(benchmark::State& state, bool in_order, uint16_t ndesc, uint16_t batch) {
-  test::MockGuest guest;
-  test::QueueLayout layout;
-  layout.size = kQueueSize;
-  layout.in_order = in_order;
-  layout.indirect = false;
-  test::MockDriver drv(guest, layout);
-  uint64_t data = guest.alloc(uint64_t{kQueueSize} * 2048, 64);
-  SplitQueue q;
-  if (!q.configure(drv.device_config()).ok() || !q.attach(guest.table()).ok()) {
+  Bench b(in_order);
+  test::MockDriver& drv = b.drv;
+  SplitQueue& q = b.q;
+  uint64_t data = b.data;
+  if (!b.start()) {
     state.SkipWithError("queue setup failed");
     return;
   }
-  q.set_base(0);
-  q.set_kick_notification(false);
   std::atomic<bool> stop{false};
   std::atomic<bool> driver_error{false};
   std::thread driver([&] {
@@ -128,7 +133,7 @@ void BM_CrossCore(benchmark::State& state, bool in_order, uint16_t ndesc, uint16
       }
       bool added = false;
       while (drv.ring().free_descs() >= ndesc) {
-        for (auto& b : bufs) b = DriverBuf{data + (slot++ % kQueueSize) * 2048, 1500, false};
+        for (auto& buf : bufs) buf = DriverBuf{data + (slot++ % kQueueSize) * 2048, 1500, false};
         if (!drv.ring().add(bufs, false).ok()) break;
         added = true;
       }
