@@ -47,7 +47,9 @@ struct UsedBuf {
   uint64_t token;
 };
 
-class SplitDriver {
+// Cache-line aligned for the same reason as SplitQueue: its cursors are
+// written per buffer by the driver's thread.
+class alignas(64) SplitDriver {
  public:
   static constexpr uint32_t kMaxIndirectPerHead = 64;
 

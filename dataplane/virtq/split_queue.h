@@ -55,7 +55,10 @@ struct QueueStats {
   uint64_t flushes = 0;     // used index publications
 };
 
-class SplitQueue {
+// Cache-line aligned: a queue's cursors are written on every request by the
+// worker that owns it, and must not share a line with anything another thread
+// writes (another queue, the driver side in tests, control-plane state).
+class alignas(64) SplitQueue {
  public:
   // Longest indirect table accepted (entries); longer tables break the queue.
   static constexpr uint32_t kMaxIndirect = 1024;
