@@ -16,6 +16,11 @@ namespace sluice {
 MemoryTable::MemoryTable(std::vector<GuestRegion> sorted_regions)
     : regions_(std::move(sorted_regions)) {}
 
+const GuestRegion* MemoryTable::no_region() noexcept {
+  static const GuestRegion kNone{};
+  return &kNone;
+}
+
 const GuestRegion* MemoryTable::find_slow(uint64_t gpa) const noexcept {
   // First region whose start is > gpa; the candidate is the one before it.
   auto it = std::upper_bound(regions_.begin(), regions_.end(), gpa,

@@ -73,6 +73,23 @@ class MemoryTable {
     if (*len > room) *len = room;
     return r->host + off;
   }
+  // The same with a caller-held last-hit hint (a queue keeps one, so workers
+  // never write shared state on lookup). `hint` must start as no_region() or
+  // a region of this table.
+  std::byte* translate(uint64_t gpa, uint64_t* len, const GuestRegion*& hint) const noexcept {
+    const GuestRegion* r = hint;
+    if (!r->contains_gpa(gpa)) [[unlikely]] {
+      r = find(gpa);
+      if (r == nullptr) return nullptr;
+      hint = r;
+    }
+    uint64_t off = gpa - r->guest_phys;
+    uint64_t room = r->size - off;
+    if (*len > room) *len = room;
+    return r->host + off;
+  }
+  // An empty region (contains nothing): the starting value of a hint.
+  static const GuestRegion* no_region() noexcept;
   // The whole range must be contiguous in one region.
   Result<std::byte*> translate_exact(uint64_t gpa, uint64_t len) const noexcept;
   // Front-end user address to host (vhost-user ring addresses are given as such).

@@ -86,6 +86,15 @@ inline void store_relaxed(std::byte* p, T v) {
   std::atomic_ref<T>(*reinterpret_cast<T*>(p)).store(v, std::memory_order_relaxed);
 }
 
+// Reads a descriptor of the (16-byte aligned) descriptor table exactly once:
+// two relaxed 64-bit loads, so no field can be re-read later.
+inline Desc read_table_desc(const std::byte* p) {
+  uint64_t addr = load_relaxed<uint64_t>(p);
+  uint64_t w = load_relaxed<uint64_t>(p + 8);
+  return Desc{addr, static_cast<uint32_t>(w), static_cast<uint16_t>(w >> 32),
+              static_cast<uint16_t>(w >> 48)};
+}
+
 // Reads a descriptor exactly once: the guest may rewrite it concurrently, so
 // every check and use must see the same copy. The empty asm with the copy as
 // an in/out memory operand stops the compiler from re-reading guest memory in

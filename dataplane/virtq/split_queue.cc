@@ -67,6 +67,7 @@ Status SplitQueue::attach(std::shared_ptr<const MemoryTable> mem) {
   avail_ = a.value();
   used_ = u.value();
   memp_ = mem.get();
+  hint_ = MemoryTable::no_region();
   mem_ = std::move(mem);
   return {};
 }
@@ -133,7 +134,7 @@ Error SplitQueue::fail(Errc e) noexcept {
   uint64_t left = d.len;
   do {
     uint64_t chunk = left;
-    std::byte* p = memp_->translate(addr, &chunk);
+    std::byte* p = memp_->translate(addr, &chunk, hint_);
     if (p == nullptr) [[unlikely]]
       return Errc::kDescNotMapped;
     if (!c.add(p, chunk, writable)) [[unlikely]]
@@ -200,7 +201,7 @@ Result<bool> SplitQueue::pop_impl(Chain& c) {
   for (;;) {
     if (++count > size_) [[unlikely]]
       return fail(Errc::kChainTooLong);
-    Desc d = read_desc(desc_ + static_cast<size_t>(idx) * sizeof(Desc));
+    Desc d = read_table_desc(desc_ + static_cast<size_t>(idx) * sizeof(Desc));
     if (d.flags & kDescFIndirect) {
       Errc e = walk_indirect(d, c, seen_write);
       if (e != Errc::kOk) return fail(e);
@@ -225,12 +226,6 @@ Result<bool> SplitQueue::pop_impl(Chain& c) {
   return true;
 }
 
-Result<bool> SplitQueue::pop(Chain& c) {
-  if (broken()) return broken_;
-  if (!running()) return Errc::kQueueNotReady;
-  return cfg_.in_order ? pop_impl<true>(c) : pop_impl<false>(c);
-}
-
 void SplitQueue::discard(uint16_t nbufs, uint16_t ndescs) noexcept {
   if (nbufs == 0) return;
   last_avail_ = static_cast<uint16_t>(last_avail_ - nbufs);
@@ -238,19 +233,7 @@ void SplitQueue::discard(uint16_t nbufs, uint16_t ndescs) noexcept {
   stats_.popped -= nbufs;
 }
 
-void SplitQueue::push(uint16_t head, uint32_t len) noexcept {
-  if (!running()) return;
-  ++stats_.pushed;
-  if (!cfg_.in_order) {
-    // Written straight into the ring; invisible until flush() moves used->idx.
-    std::byte* e = used_ + used_entry_off(shadow_used_ & mask_);
-    store_relaxed<uint32_t>(e, head);
-    store_relaxed<uint32_t>(e + 4, len);
-    ++shadow_used_;
-    ++pending_bufs_;
-    ++stats_.used_elems;
-    return;
-  }
+void SplitQueue::push_in_order(uint16_t head, uint32_t len) noexcept {
   if (npending_ == nheads_cap_) (void)flush();  // cannot happen with honest callers
   if (cfg_.batching == InOrderBatching::kBatch && npending_ > 0) {
     // Extend the open batch: its element names the newest buffer.

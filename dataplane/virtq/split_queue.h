@@ -95,12 +95,39 @@ class alignas(64) SplitQueue {
 
   // Pops the next available chain into c. Returns false when the ring is
   // empty, an error when the ring is malformed (the queue is then broken).
-  Result<bool> pop(Chain& c);
+  Result<bool> pop(Chain& c) {
+    if (broken()) [[unlikely]]
+      return broken_;
+    if (!running()) [[unlikely]]
+      return Errc::kQueueNotReady;
+    return cfg_.in_order ? pop_impl<true>(c) : pop_impl<false>(c);
+  }
   // Gives back the last `nbufs` popped chains, which occupied `ndescs` table
   // entries in all: both the avail cursor and the in-order head cursor rewind.
   void discard(uint16_t nbufs, uint16_t ndescs) noexcept;
   // Records a completion; nothing is visible to the driver until flush().
-  void push(uint16_t head, uint32_t len) noexcept;
+  void push(uint16_t head, uint32_t len) noexcept {
+    if (!running()) [[unlikely]]
+      return;
+    ++stats_.pushed;
+    if (cfg_.in_order) {
+      if (cfg_.batching == InOrderBatching::kBatch && npending_ != 0) [[likely]] {
+        // Extend the open batch: its element names the newest buffer.
+        pending_[npending_ - 1] = UsedElem{head, len};
+        ++nheads_[npending_ - 1];
+        ++pending_bufs_;
+        return;
+      }
+      return push_in_order(head, len);
+    }
+    // Written straight into the ring; invisible until flush() moves used->idx.
+    std::byte* e = used_ + used_entry_off(shadow_used_ & mask_);
+    store_relaxed<uint32_t>(e, head);
+    store_relaxed<uint32_t>(e + 4, len);
+    ++shadow_used_;
+    ++pending_bufs_;
+    ++stats_.used_elems;
+  }
   // Publishes recorded completions with one release store of the used index.
   // Returns true when the driver asked to be interrupted (EVENT_IDX or the
   // NO_INTERRUPT flag, 2.7.7.2).
@@ -123,6 +150,7 @@ class alignas(64) SplitQueue {
  private:
   template <bool InOrder>
   Result<bool> pop_impl(Chain& c);
+  void push_in_order(uint16_t head, uint32_t len) noexcept;
   Errc walk_indirect(const Desc& d, Chain& c, bool& seen_write);
   Errc add_buffer(const Desc& d, Chain& c, bool& seen_write);
   Error fail(Errc e) noexcept;
@@ -133,6 +161,7 @@ class alignas(64) SplitQueue {
   uint16_t mask_ = 0;
   std::shared_ptr<const MemoryTable> mem_;
   const MemoryTable* memp_ = nullptr;
+  const GuestRegion* hint_ = MemoryTable::no_region();  // last region a buffer hit
   std::byte* desc_ = nullptr;
   std::byte* avail_ = nullptr;
   std::byte* used_ = nullptr;
