@@ -85,7 +85,13 @@ MockDriver::MockDriver(MockGuest& guest, QueueLayout layout) : guest_(guest), la
   c.event_idx = layout.event_idx;
   c.indirect = layout.indirect;
   c.in_order = layout.in_order;
-  if (!ring_.init(c, *guest.table()).ok()) die("driver init failed");
+  config_ = c;
+  reset();
+}
+
+void MockDriver::reset() {
+  if (!ring_.init(config_, *guest_.table()).ok()) die("driver init failed");
+  arena_pos_ = 0;
 }
 
 virtq::QueueConfig MockDriver::device_config() const {

@@ -57,6 +57,8 @@ class MockDriver {
   // What the front-end would hand the device (SET_VRING_NUM/ADDR + features).
   virtq::QueueConfig device_config() const;
   virtq::SplitDriver& ring() { return ring_; }
+  // Zeroes the rings and starts the driver side over (fuzzers reuse drivers).
+  void reset();
   MockGuest& guest() { return guest_; }
   const QueueLayout& layout() const { return layout_; }
 
@@ -83,6 +85,7 @@ class MockDriver {
   static constexpr uint64_t kArena = 1u << 20;
   uint64_t desc_ = 0, avail_ = 0, used_ = 0, indirect_ = 0;
   uint64_t arena_ = 0, arena_pos_ = 0;
+  virtq::DriverConfig config_{};
   virtq::SplitDriver ring_;
 };
 

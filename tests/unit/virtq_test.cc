@@ -455,3 +455,35 @@ TEST(SplitQueueRandom, NoIndirect) { run_random({.size = 8, .indirect = false}, 
 
 }  // namespace
 }  // namespace sluice::virtq
+
+namespace sluice::virtq {
+namespace {
+
+TEST(SplitDriverErrors, QueueFullAndBadArguments) {
+  test::MockGuest g;
+  test::MockDriver d(g, test::QueueLayout{.size = 4});
+  const uint32_t wr[] = {8};
+  for (int i = 0; i < 4; ++i) d.add_chain({}, wr);
+  uint64_t a = g.alloc(64);
+  std::vector<DriverBuf> one{{a, 8, true}};
+  EXPECT_EQ(d.ring().add(one, false).error(), Errc::kQueueFull);
+  EXPECT_EQ(d.ring().add({}, false).error(), Errc::kInvalidArgument);
+  std::vector<DriverBuf> many(SplitDriver::kMaxIndirectPerHead + 1, DriverBuf{a, 8, true});
+  EXPECT_EQ(d.ring().add(many, true).error(), Errc::kInvalidArgument);
+}
+
+TEST(SplitDriverErrors, PlainUsedIdNotOutstanding) {
+  test::MockGuest g;
+  test::MockDriver d(g, test::QueueLayout{.size = 8});
+  const uint32_t wr[] = {8};
+  uint16_t h = d.add_chain({}, wr);
+  d.ring().publish();
+  // A device that returns a head the driver never made available.
+  store_relaxed<uint32_t>(d.ring().used_area() + used_entry_off(0), static_cast<uint32_t>(h + 1));
+  store_release<uint16_t>(d.ring().used_area() + kUsedIdxOff, 1);
+  UsedBuf u{};
+  EXPECT_EQ(d.ring().get_used(u).error(), Errc::kUsedIdOutOfRange);
+}
+
+}  // namespace
+}  // namespace sluice::virtq
