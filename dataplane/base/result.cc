@@ -38,6 +38,21 @@ std::string_view errc_name(Errc e) noexcept {
     case Errc::kUsedOutOfOrder: return "used-out-of-order";
     case Errc::kUsedIndexTooFar: return "used-index-too-far";
     case Errc::kQueueFull: return "queue-full";
+    case Errc::kPeerClosed: return "peer-closed";
+    case Errc::kMsgTruncated: return "msg-truncated";
+    case Errc::kMsgBadVersion: return "msg-bad-version";
+    case Errc::kMsgTooLarge: return "msg-too-large";
+    case Errc::kMsgBadSize: return "msg-bad-size";
+    case Errc::kMsgBadFdCount: return "msg-bad-fd-count";
+    case Errc::kMsgUnknownRequest: return "msg-unknown-request";
+    case Errc::kMsgNotNegotiated: return "msg-not-negotiated";
+    case Errc::kFeatureNotOffered: return "feature-not-offered";
+    case Errc::kVringIndexOutOfRange: return "vring-index-out-of-range";
+    case Errc::kVringNotConfigured: return "vring-not-configured";
+    case Errc::kVringAddrNotMapped: return "vring-addr-not-mapped";
+    case Errc::kNotEventFd: return "not-eventfd";
+    case Errc::kConfigOutOfRange: return "config-out-of-range";
+    case Errc::kQueueRunning: return "queue-running";
   }
   return "unknown";
 }

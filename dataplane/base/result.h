@@ -51,6 +51,22 @@ enum class Errc : uint16_t {
   kUsedOutOfOrder,       // driver side: an in-order batch id out of order
   kUsedIndexTooFar,      // driver side: used idx ran past what was made available
   kQueueFull,            // driver side: no free descriptors
+  // vhost-user messages (vhost/)
+  kPeerClosed,            // the front-end closed the socket
+  kMsgTruncated,          // short read, or fds cut off (MSG_CTRUNC)
+  kMsgBadVersion,         // header flags lack version 1, or carry a reply bit
+  kMsgTooLarge,           // payload size above the protocol's bound
+  kMsgBadSize,            // payload size wrong for the request
+  kMsgBadFdCount,         // more or fewer fds than the request allows
+  kMsgUnknownRequest,     // a request number we do not implement
+  kMsgNotNegotiated,      // a request whose protocol feature was not negotiated
+  kFeatureNotOffered,     // SET_FEATURES / SET_PROTOCOL_FEATURES with bits never offered
+  kVringIndexOutOfRange,  // queue index >= the device's queue count
+  kVringNotConfigured,    // e.g. GET_VRING_BASE of a queue never set up
+  kVringAddrNotMapped,    // ring address outside the memory table
+  kNotEventFd,            // a kick/call/err fd that is not an eventfd
+  kConfigOutOfRange,      // GET/SET_CONFIG window outside config space
+  kQueueRunning,          // a change only allowed on a stopped queue
 };
 
 std::string_view errc_name(Errc e) noexcept;
