@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh || exit 1
 
-FUZZ_SECONDS=${SLUICE_FUZZ_SECONDS:-60}
+FUZZ_SECONDS=${SLUICE_FUZZ_SECONDS:-45}
 JOBS=${SLUICE_JOBS:-2}
 passed=0 failed=0 skipped=0
 
@@ -75,8 +75,10 @@ if CXX=clang++ setup build-fuzz -Dfuzz=true -Dtests=false -Dbench=false -Dwerror
     name=$(basename "$target")
     corpus=build-fuzz/corpus-$name
     mkdir -p "$corpus"
+    seeds=tests/fuzz/seeds-${name#fuzz_}
+    [ -d "$seeds" ] || seeds=""
     if "$target" -max_total_time="$FUZZ_SECONDS" -max_len=8192 -artifact_prefix=build-fuzz/ \
-         -print_final_stats=1 "$corpus" tests/fuzz/seeds 2>build-fuzz/$name.log >/dev/null; then
+         -print_final_stats=1 "$corpus" $seeds 2>build-fuzz/$name.log >/dev/null; then
       echo "$name: ok ($(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' build-fuzz/$name.log | grep -o '[0-9]*$') inputs)"
       passed=$((passed + 1))
     else
