@@ -53,6 +53,14 @@ std::string_view errc_name(Errc e) noexcept {
     case Errc::kNotEventFd: return "not-eventfd";
     case Errc::kConfigOutOfRange: return "config-out-of-range";
     case Errc::kQueueRunning: return "queue-running";
+    case Errc::kBlkNoStatus: return "blk-no-status";
+    case Errc::kBlkShortHeader: return "blk-short-header";
+    case Errc::kBlkBadDirection: return "blk-bad-direction";
+    case Errc::kBlkUnaligned: return "blk-unaligned";
+    case Errc::kBlkOutOfRange: return "blk-out-of-range";
+    case Errc::kBlkReadOnly: return "blk-read-only";
+    case Errc::kBlkUnsupported: return "blk-unsupported";
+    case Errc::kBlkBadSegments: return "blk-bad-segments";
   }
   return "unknown";
 }

@@ -67,6 +67,15 @@ enum class Errc : uint16_t {
   kNotEventFd,            // a kick/call/err fd that is not an eventfd
   kConfigOutOfRange,      // GET/SET_CONFIG window outside config space
   kQueueRunning,          // a change only allowed on a stopped queue
+  // virtio-blk requests (dataplane/blk), virtio 1.2 section 5.2.6
+  kBlkNoStatus,           // no writable byte for the status: cannot even report
+  kBlkShortHeader,        // fewer than 16 readable bytes of header
+  kBlkBadDirection,       // data in the wrong direction for the request type
+  kBlkUnaligned,          // data length not a multiple of 512
+  kBlkOutOfRange,         // sectors past the end of the disk
+  kBlkReadOnly,           // a write to a read-only export
+  kBlkUnsupported,        // a request type we do not implement
+  kBlkBadSegments,        // discard/write-zeroes payload malformed or over the limits
 };
 
 std::string_view errc_name(Errc e) noexcept;

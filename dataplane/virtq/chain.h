@@ -26,6 +26,10 @@ class Chain {
   std::span<const iovec> readable() const noexcept { return {iov_, nreadable_}; }
   std::span<const iovec> writable() const noexcept { return {iov_ + nreadable_, n_ - nreadable_}; }
   std::span<const iovec> all() const noexcept { return {iov_, n_}; }
+  // The segments, writable in place: a device model may trim them (drop a
+  // header or status byte) before handing them to I/O.
+  std::span<iovec> mutable_all() noexcept { return {iov_, n_}; }
+  uint32_t nreadable() const noexcept { return nreadable_; }
   uint64_t readable_bytes() const noexcept { return bytes_[0]; }
   uint64_t writable_bytes() const noexcept { return bytes_[1]; }
 
