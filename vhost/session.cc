@@ -275,12 +275,15 @@ Status Session::set_vring_fd(Message& m, Request which) {
       vr.kick = std::move(fd);
       vr.kick_set = true;
       return maybe_start(index);
-    case Request::kSetVringCall:
-      vr.call = std::move(fd);
+    case Request::kSetVringCall: {
       // A running ring keeps running; only where its interrupts go changes
-      // (QEMU swaps the call fd when the guest masks a vector).
+      // (QEMU swaps the call fd when the guest masks a vector). The old fd is
+      // closed only after the device has stopped using it.
+      UniqueFd old = std::move(vr.call);
+      vr.call = std::move(fd);
       if (vr.running) device_.call_fd_changed(index, vr.call.get());
       return {};
+    }
     default:
       vr.err = std::move(fd);
       return {};

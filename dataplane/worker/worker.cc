@@ -1,0 +1,265 @@
+#include "dataplane/worker/worker.h"
+
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "dataplane/base/log.h"
+
+namespace sluice {
+
+namespace {
+uint64_t now_us() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count());
+}
+}  // namespace
+
+Worker::Worker(WorkerOptions opts) : opts_(std::move(opts)) {}
+
+Worker::~Worker() { stop(); }
+
+Status Worker::start() {
+  cmd_efd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!cmd_efd_.valid()) return Error::from_errno(errno);
+  int r = io_uring_queue_init(opts_.ring_entries, &ring_, 0);
+  if (r < 0) return Error::from_errno(-r);
+  ring_ok_ = true;
+  cmd_poll_.fd = cmd_efd_.get();
+  thread_ = std::thread([this] { run(); });
+  return {};
+}
+
+void Worker::stop() {
+  if (!thread_.joinable()) {
+    if (ring_ok_) io_uring_queue_exit(&ring_);
+    ring_ok_ = false;
+    return;
+  }
+  stop_.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  (void)!::write(cmd_efd_.get(), &one, sizeof one);
+  thread_.join();
+  io_uring_queue_exit(&ring_);
+  ring_ok_ = false;
+}
+
+void Worker::attach(Pollable* p) {
+  Cmd c{true, p};
+  std::unique_lock lk(cmd_mu_);
+  cmds_.push_back(&c);
+  cmd_pending_.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  (void)!::write(cmd_efd_.get(), &one, sizeof one);
+  cmd_cv_.wait(lk, [&] { return c.done; });
+}
+
+void Worker::sync() {
+  if (!thread_.joinable()) return;
+  attach(nullptr);  // a command with no pollable: acknowledged at the next burst
+}
+
+void Worker::detach(Pollable* p) {
+  Cmd c{false, p};
+  std::unique_lock lk(cmd_mu_);
+  cmds_.push_back(&c);
+  cmd_pending_.store(true, std::memory_order_release);
+  uint64_t one = 1;
+  (void)!::write(cmd_efd_.get(), &one, sizeof one);
+  cmd_cv_.wait(lk, [&] { return c.done; });
+}
+
+io_uring_sqe* Worker::get_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr) {
+    // The submission ring is full: hand what we have to the kernel.
+    io_uring_submit(&ring_);
+    sqe = io_uring_get_sqe(&ring_);
+  }
+  return sqe;
+}
+
+void Worker::signal(int call_fd) {
+  if (call_fd < 0) return;
+  if (std::find(to_signal_.begin(), to_signal_.end(), call_fd) == to_signal_.end())
+    to_signal_.push_back(call_fd);
+}
+
+void Worker::handle_commands() {
+  std::vector<Cmd*> cmds;
+  {
+    std::lock_guard lk(cmd_mu_);
+    cmds.swap(cmds_);
+    cmd_pending_.store(false, std::memory_order_relaxed);
+  }
+  for (Cmd* c : cmds) {
+    if (c->p == nullptr) {  // sync()
+      std::lock_guard lk(cmd_mu_);
+      c->done = true;
+      cmd_cv_.notify_all();
+      continue;
+    }
+    if (c->attach) {
+      pollables_.push_back(c->p);
+      if (c->p->kick_fd() >= 0) {
+        auto k = std::make_unique<KickPoll>();
+        k->target = c->p;
+        k->fd = c->p->kick_fd();
+        kicks_.push_back(std::move(k));
+      }
+      std::lock_guard lk(cmd_mu_);
+      c->done = true;
+      cmd_cv_.notify_all();
+    } else {
+      c->p->quiesce();
+      detaching_.push_back(c->p);
+      pending_detach_cmds_.push_back(c);
+    }
+  }
+}
+
+void Worker::finish_detaches() {
+  for (size_t i = 0; i < detaching_.size();) {
+    Pollable* p = detaching_[i];
+    if (p->inflight() != 0) {
+      ++i;
+      continue;
+    }
+    p->end_of_burst(*this);
+    pollables_.erase(std::remove(pollables_.begin(), pollables_.end(), p), pollables_.end());
+    // Its kick poll may still be armed in the ring: orphan it (the completion
+    // frees it) and ask the kernel to cancel it.
+    for (auto& k : kicks_) {
+      if (k && k->target == p) {
+        k->target = nullptr;
+        if (k->armed) {
+          io_uring_sqe* sqe = get_sqe();
+          io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(&k->op));
+          io_uring_sqe_set_data(sqe, nullptr);
+          orphans_.push_back(std::move(k));  // freed when its poll completes
+        } else {
+          k.reset();
+        }
+      }
+    }
+    kicks_.erase(std::remove(kicks_.begin(), kicks_.end(), nullptr), kicks_.end());
+    detaching_.erase(detaching_.begin() + static_cast<long>(i));
+    for (size_t j = 0; j < pending_detach_cmds_.size(); ++j) {
+      if (pending_detach_cmds_[j]->p != p) continue;
+      std::lock_guard lk(cmd_mu_);
+      pending_detach_cmds_[j]->done = true;
+      cmd_cv_.notify_all();
+      pending_detach_cmds_.erase(pending_detach_cmds_.begin() + static_cast<long>(j));
+      break;
+    }
+  }
+}
+
+void Worker::reap() {
+  io_uring_cqe* cqe;
+  unsigned head;
+  unsigned n = 0;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    ++n;
+    auto* op = static_cast<IoOp*>(io_uring_cqe_get_data(cqe));
+    if (op == nullptr) continue;  // a poll_remove's own completion
+    if (op->owner != nullptr) {
+      op->owner->complete(*this, op, cqe->res);
+      continue;
+    }
+    // A kick or command poll. SAFETY: every IoOp with no owner is the first
+    // member of a KickPoll (standard layout, so the pointers interconvert).
+    auto* k = reinterpret_cast<KickPoll*>(op);
+    k->armed = false;
+    if (k == &cmd_poll_ || k->target != nullptr) {
+      if (cqe->res > 0 && (cqe->res & POLLIN)) {
+        uint64_t v;
+        (void)!::read(k->fd, &v, sizeof v);  // POLLIN: the read does not block
+      }
+    } else {
+      // Orphaned by a detach: its completion is the last use.
+      orphans_.erase(std::remove_if(orphans_.begin(), orphans_.end(),
+                                    [k](const auto& o) { return o.get() == k; }),
+                     orphans_.end());
+    }
+  }
+  io_uring_cq_advance(&ring_, n);
+}
+
+void Worker::end_burst() {
+  for (Pollable* p : pollables_) p->end_of_burst(*this);
+  for (int fd : to_signal_) {
+    uint64_t one = 1;
+    (void)!::write(fd, &one, sizeof one);
+  }
+  to_signal_.clear();
+}
+
+void Worker::sleep() {
+  size_t armed = 0;
+  for (; armed < pollables_.size(); ++armed)
+    if (!pollables_[armed]->arm()) break;
+  if (armed != pollables_.size()) {
+    for (size_t i = 0; i <= armed && i < pollables_.size(); ++i) pollables_[i]->disarm();
+    return;  // work arrived while arming
+  }
+  for (auto& k : kicks_) {
+    if (k->armed) continue;
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_poll_add(sqe, k->fd, POLLIN);
+    io_uring_sqe_set_data(sqe, &k->op);
+    k->armed = true;
+  }
+  if (!cmd_poll_.armed) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_poll_add(sqe, cmd_poll_.fd, POLLIN);
+    io_uring_sqe_set_data(sqe, &cmd_poll_.op);
+    cmd_poll_.armed = true;
+  }
+  if (!cmd_pending_.load(std::memory_order_acquire) && !stop_.load(std::memory_order_acquire)) {
+    sleeps_.fetch_add(1, std::memory_order_relaxed);
+    io_uring_submit_and_wait(&ring_, 1);
+  } else {
+    io_uring_submit(&ring_);
+  }
+  for (Pollable* p : pollables_) p->disarm();
+}
+
+void Worker::run() {
+  if (opts_.cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(static_cast<unsigned>(opts_.cpu), &set);
+    if (pthread_setaffinity_np(pthread_self(), sizeof set, &set) != 0)
+      LOG_WARN("worker", "%s: cannot pin to CPU %d", opts_.name.c_str(), opts_.cpu);
+  }
+  uint64_t last_work = now_us();
+  while (!stop_.load(std::memory_order_acquire)) {
+    if (cmd_pending_.load(std::memory_order_acquire)) handle_commands();
+    unsigned work = 0;
+    for (Pollable* p : pollables_) work += p->poll(*this, opts_.burst);
+    if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
+    unsigned before = io_uring_cq_ready(&ring_);
+    reap();
+    work += before;
+    end_burst();
+    if (!detaching_.empty()) finish_detaches();
+    polls_.fetch_add(1, std::memory_order_relaxed);
+    uint64_t t = now_us();
+    if (work > 0) {
+      last_work = t;
+    } else if (t - last_work > opts_.poll_us) {
+      sleep();
+      reap();
+      end_burst();
+      last_work = now_us();
+    }
+  }
+}
+
+}  // namespace sluice

@@ -1,0 +1,141 @@
+// A poll-mode worker: one thread, one io_uring, the queues it owns.
+//
+// The worker polls its queues in bursts (each pops, parses and submits up to
+// a budget), submits once, reaps completions, then ends the burst: every
+// queue publishes its used entries with one store and each call fd that needs
+// it is written once, however many queues share it. When nothing happened for
+// longer than the poll budget it arms kick notifications, re-checks, and
+// sleeps in io_uring on the queues' kick eventfds (and its command eventfd).
+//
+// The control thread changes the set of queues only through attach()/detach(),
+// which block until the worker has acknowledged: detach returns once the queue
+// has no request in flight and its completions are published (the quiesce
+// handshake). Nothing on the per-request path takes a lock.
+#pragma once
+
+#include <liburing.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "dataplane/base/result.h"
+#include "dataplane/base/unique_fd.h"
+
+namespace sluice {
+
+class Worker;
+class Pollable;
+
+// Embedded in every operation a pollable puts on the worker's ring; the
+// completion's user_data points at it.
+struct IoOp {
+  Pollable* owner = nullptr;
+  uint32_t tag = 0;  // owner-defined (e.g. the segment of a multi-op request)
+};
+
+class Pollable {
+ public:
+  virtual ~Pollable() = default;
+  // Takes up to `budget` new requests; returns how many.
+  virtual unsigned poll(Worker& w, unsigned budget) = 0;
+  // An operation this pollable submitted has completed with `res`.
+  virtual void complete(Worker& w, IoOp* op, int res) = 0;
+  // End of a burst: publish completions, ask for interrupts via w.signal().
+  virtual void end_of_burst(Worker& w) = 0;
+  // The eventfd that announces new work, or -1.
+  virtual int kick_fd() const = 0;
+  // Before sleeping: ask the driver for kicks; false if work is already there.
+  virtual bool arm() = 0;
+  // After waking: back to polling without kicks.
+  virtual void disarm() = 0;
+  // Stop taking new requests (detach is pending); in-flight ones continue.
+  virtual void quiesce() = 0;
+  virtual unsigned inflight() const = 0;
+};
+
+struct WorkerOptions {
+  std::string name = "worker";
+  int cpu = -1;                 // pin to this CPU when >= 0
+  unsigned ring_entries = 256;
+  unsigned burst = 32;          // requests per queue per burst
+  unsigned poll_us = 50;        // busy-poll this long after the last work before sleeping
+};
+
+class Worker {
+ public:
+  explicit Worker(WorkerOptions opts);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  Status start();
+  void stop();
+
+  // Control thread. Return once the worker has taken / let go of p.
+  void attach(Pollable* p);
+  void detach(Pollable* p);
+  // Returns after the worker has finished the burst it was in: state the
+  // control thread changed before calling is seen by every later burst, and
+  // nothing read before it (an old call fd) is used any more.
+  void sync();
+
+  // Worker thread only.
+  io_uring_sqe* get_sqe();
+  void signal(int call_fd);
+
+  const std::string& name() const noexcept { return opts_.name; }
+  uint64_t sleeps() const noexcept { return sleeps_.load(std::memory_order_relaxed); }
+  uint64_t polls() const noexcept { return polls_.load(std::memory_order_relaxed); }
+
+ private:
+  struct KickPoll {
+    IoOp op;  // owner == nullptr: a worker-owned poll
+    Pollable* target = nullptr;
+    int fd = -1;
+    bool armed = false;
+  };
+  struct Cmd {
+    bool attach;
+    Pollable* p;
+    bool done = false;
+  };
+
+  void run();
+  void handle_commands();
+  void reap();
+  void end_burst();
+  void sleep();
+  void finish_detaches();
+
+  WorkerOptions opts_;
+  io_uring ring_{};
+  bool ring_ok_ = false;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+
+  std::vector<Pollable*> pollables_;
+  std::vector<Pollable*> detaching_;
+  std::vector<std::unique_ptr<KickPoll>> kicks_;  // one per pollable with a kick fd
+  // Kick polls of detached pollables still armed in the ring: freed when
+  // their completion arrives, or with the worker.
+  std::vector<std::unique_ptr<KickPoll>> orphans_;
+  std::vector<int> to_signal_;
+
+  std::mutex cmd_mu_;
+  std::condition_variable cmd_cv_;
+  std::vector<Cmd*> cmds_;
+  std::atomic<bool> cmd_pending_{false};
+  UniqueFd cmd_efd_;
+  KickPoll cmd_poll_;
+  std::vector<Cmd*> pending_detach_cmds_;
+
+  std::atomic<uint64_t> sleeps_{0}, polls_{0};
+};
+
+}  // namespace sluice
