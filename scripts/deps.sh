@@ -7,6 +7,9 @@ set -euo pipefail
 PKGS=(
   meson ninja-build pkg-config g++
   liburing-dev
+  # Boost.JSON arrived in Boost 1.75: Debian 12's libboost-dev is 1.74, so the
+  # 1.81 headers (Asio, Beast) and Boost.JSON come from these two instead.
+  libboost1.81-dev libboost-json1.81-dev
   libgtest-dev libbenchmark-dev
   clang libclang-rt-14-dev   # libFuzzer + sanitizers for the fuzz target
 )

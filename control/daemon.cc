@@ -1,0 +1,415 @@
+#include "control/daemon.h"
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "dataplane/base/log.h"
+
+namespace sluice::control {
+
+namespace json = boost::json;
+
+namespace {
+std::string err_text(const Error& e) {
+  std::string s(e.name());
+  if (e.sys_errno != 0) s += std::string(" (") + std::strerror(e.sys_errno) + ")";
+  return s;
+}
+}  // namespace
+
+// ---------------------------------------------------------------- BlkExport
+
+BlkExport::BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev)
+    : daemon_(d), spec_(std::move(spec)), dev_(std::move(dev)), acceptor_(d.io()) {}
+
+BlkExport::~BlkExport() { stop(); }
+
+void BlkExport::start() {
+  ::unlink(spec_.path.c_str());  // a stale socket from an earlier run
+  unix_socket::endpoint ep(spec_.path);
+  acceptor_.open(ep.protocol());
+  acceptor_.bind(ep);
+  ::chmod(spec_.path.c_str(), 0600);
+  acceptor_.listen();
+  accept();
+}
+
+void BlkExport::stop() {
+  end_session("export stopped");
+  if (acceptor_.is_open()) {
+    boost::system::error_code ec;
+    acceptor_.close(ec);
+    ::unlink(spec_.path.c_str());
+  }
+}
+
+void BlkExport::accept() {
+  acceptor_.async_accept([this](boost::system::error_code ec, unix_socket::socket s) {
+    if (ec) {
+      if (ec != asio::error::operation_aborted)
+        LOG_WARN("export", "%s: accept: %s", spec_.id.c_str(), ec.message().c_str());
+      if (acceptor_.is_open() && ec != asio::error::operation_aborted) accept();
+      return;
+    }
+    if (conn_) {
+      // vhost-user is one front-end per socket: a second one is turned away
+      // and the first keeps its device.
+      LOG_WARN("export", "%s: refusing a second front-end while one is connected", spec_.id.c_str());
+      boost::system::error_code ignore;
+      s.close(ignore);
+    } else {
+      // A stalled front-end must not hang the control thread mid-message.
+      timeval tv{1, 0};
+      ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      ::setsockopt(s.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      conn_.emplace(std::move(s));
+      session_ = std::make_unique<vhost::Session>(*dev_, spec_.id);
+      ++sessions_;
+      LOG_INFO("export", "%s: front-end connected", spec_.id.c_str());
+      wait_message();
+    }
+    accept();
+  });
+}
+
+void BlkExport::wait_message() {
+  conn_->async_wait(unix_socket::socket::wait_read, [this](boost::system::error_code ec) {
+    if (ec == asio::error::operation_aborted || !conn_) return;
+    if (ec) {
+      end_session("socket error");
+      return;
+    }
+    on_readable();
+  });
+}
+
+void BlkExport::on_readable() {
+  vhost::Message m;
+  Status s = vhost::recv_message(conn_->native_handle(), m);
+  if (!s.ok()) {
+    end_session(s.error() == Errc::kPeerClosed ? "front-end closed the connection"
+                                               : std::string(s.error().name()).c_str());
+    return;
+  }
+  vhost::Response r = session_->handle(m);
+  if (r.error.code != Errc::kOk) ++refused_messages_;
+  if (r.send) {
+    Status w = vhost::send_message(conn_->native_handle(), r.hdr, r.payload, r.fds);
+    if (!w.ok()) {
+      end_session("reply failed");
+      return;
+    }
+  }
+  if (r.close) {
+    end_session("protocol error");
+    return;
+  }
+  wait_message();
+}
+
+void BlkExport::end_session(const char* why) {
+  if (!conn_) return;
+  LOG_INFO("export", "%s: session ended: %s", spec_.id.c_str(), why);
+  // Destroying the session stops every ring: the workers complete what they
+  // took before the device lets go of the queues.
+  session_.reset();
+  boost::system::error_code ignore;
+  conn_->close(ignore);
+  conn_.reset();
+}
+
+json::object BlkExport::describe() const {
+  json::object o;
+  o["id"] = spec_.id;
+  o["type"] = "vhost-user-blk";
+  o["socket"] = spec_.path;
+  o["file"] = spec_.file;
+  o["size"] = dev_->capacity_bytes();
+  o["queues"] = spec_.queues;
+  o["read_only"] = spec_.read_only;
+  o["direct_io"] = dev_->direct_io();
+  o["connected"] = conn_.has_value();
+  o["sessions"] = sessions_;
+  o["refused_messages"] = refused_messages_;
+  return o;
+}
+
+json::object BlkExport::stats() const {
+  json::object o;
+  o["id"] = spec_.id;
+  json::array qs;
+  for (uint16_t i = 0; i < spec_.queues; ++i) {
+    const blk::BlkQueueStats& s = dev_->stats(i);
+    json::object q;
+    q["queue"] = i;
+    q["running"] = session_ && session_->queue_running(i);
+    q["requests"] = s.requests.load(std::memory_order_relaxed);
+    q["read_bytes"] = s.read_bytes.load(std::memory_order_relaxed);
+    q["write_bytes"] = s.write_bytes.load(std::memory_order_relaxed);
+    q["errors"] = s.errors.load(std::memory_order_relaxed);
+    q["flushes"] = s.flushes.load(std::memory_order_relaxed);
+    q["used_ring_batches"] = s.batches.load(std::memory_order_relaxed);
+    qs.push_back(std::move(q));
+  }
+  o["queues"] = std::move(qs);
+  return o;
+}
+
+// ---------------------------------------------------------------- Daemon
+
+Daemon::Daemon(DaemonOptions opts) : opts_(std::move(opts)) {}
+
+Daemon::~Daemon() { shutdown(); }
+
+void Daemon::add_blk(const BlkSpec& spec) {
+  if (exports_.count(spec.id)) throw std::runtime_error("an export with id '" + spec.id + "' exists");
+  for (auto& [id, e] : exports_)
+    if (e->spec().path == spec.path)
+      throw std::runtime_error("socket " + spec.path + " is already used by export '" + id + "'");
+  std::vector<Worker*> ws;
+  for (auto& w : workers_) ws.push_back(w.get());
+  blk::BlkOptions o;
+  o.file = spec.file;
+  o.read_only = spec.read_only;
+  o.size = spec.size;
+  o.queues = spec.queues;
+  o.queue_size = spec.queue_size;
+  o.serial = spec.serial;
+  auto dev = blk::BlkDevice::open(o, ws);
+  if (!dev.ok()) throw std::runtime_error("cannot open " + spec.file + ": " + err_text(dev.error()));
+  auto e = std::make_unique<BlkExport>(*this, spec, std::move(dev.value()));
+  try {
+    e->start();
+  } catch (const std::exception& ex) {
+    throw std::runtime_error("cannot listen on " + spec.path + ": " + ex.what());
+  }
+  LOG_INFO("daemon", "export %s: %s (%s%s, %u queue%s) on %s", spec.id.c_str(), spec.file.c_str(),
+           format_size(e->describe().at("size").as_uint64()).c_str(), spec.read_only ? ", read-only" : "",
+           spec.queues, spec.queues == 1 ? "" : "s", spec.path.c_str());
+  exports_[spec.id] = std::move(e);
+}
+
+void Daemon::remove(const std::string& id) {
+  auto it = exports_.find(id);
+  if (it == exports_.end()) throw std::runtime_error("no export with id '" + id + "'");
+  it->second->stop();
+  exports_.erase(it);
+  LOG_INFO("daemon", "export %s removed", id.c_str());
+}
+
+json::array Daemon::list() const {
+  json::array a;
+  for (auto& [id, e] : exports_) a.push_back(e->describe());
+  return a;
+}
+
+json::value Daemon::stats(const std::string& id) const {
+  if (!id.empty()) {
+    auto it = exports_.find(id);
+    if (it == exports_.end()) throw std::runtime_error("no export with id '" + id + "'");
+    return it->second->stats();
+  }
+  json::array a;
+  for (auto& [i, e] : exports_) a.push_back(e->stats());
+  return a;
+}
+
+int Daemon::run() {
+  for (unsigned i = 0; i < std::max(1u, opts_.workers); ++i) {
+    WorkerOptions wo;
+    wo.name = "worker" + std::to_string(i);
+    if (!opts_.cpus.empty()) wo.cpu = opts_.cpus[i % opts_.cpus.size()];
+    auto w = std::make_unique<Worker>(wo);
+    Status s = w->start();
+    if (!s.ok()) {
+      LOG_ERROR("daemon", "cannot start a worker: %s", err_text(s.error()).c_str());
+      return 1;
+    }
+    workers_.push_back(std::move(w));
+  }
+  for (const BlkSpec& b : opts_.blk) {
+    try {
+      add_blk(b);
+    } catch (const std::exception& e) {
+      LOG_ERROR("daemon", "export %s: %s", b.id.c_str(), e.what());
+      shutdown();
+      return 1;
+    }
+  }
+  if (!opts_.api_path.empty()) {
+    try {
+      start_api();
+    } catch (const std::exception& e) {
+      LOG_ERROR("daemon", "management API on %s: %s", opts_.api_path.c_str(), e.what());
+      shutdown();
+      return 1;
+    }
+  }
+  signals_.async_wait([this](boost::system::error_code ec, int sig) {
+    if (ec) return;
+    LOG_INFO("daemon", "signal %d: shutting down", sig);
+    stop();
+  });
+  io_.run();
+  shutdown();
+  return 0;
+}
+
+void Daemon::stop() {
+  if (stopping_) return;
+  stopping_ = true;
+  // Each export ends its session first: rings stop, in-flight requests
+  // complete and their status reaches the guest before we exit.
+  for (auto& [id, e] : exports_) e->stop();
+  if (api_) {
+    boost::system::error_code ignore;
+    api_->close(ignore);
+    ::unlink(opts_.api_path.c_str());
+  }
+  signals_.cancel();
+  io_.stop();
+}
+
+void Daemon::shutdown() {
+  exports_.clear();
+  for (auto& w : workers_) w->stop();
+  workers_.clear();
+  if (api_ && api_->is_open()) {
+    boost::system::error_code ignore;
+    api_->close(ignore);
+    ::unlink(opts_.api_path.c_str());
+  }
+  api_.reset();
+}
+
+// ---------------------------------------------------------------- API
+
+namespace {
+
+struct ApiConn : std::enable_shared_from_this<ApiConn> {
+  ApiConn(Daemon& d, unix_socket::socket s) : daemon(d), sock(std::move(s)) {}
+  Daemon& daemon;
+  unix_socket::socket sock;
+  asio::streambuf in;
+  std::string out;
+  static constexpr size_t kMaxLine = 1 << 20;
+
+  void read() {
+    auto self = shared_from_this();
+    asio::async_read_until(sock, in, '\n', [self](boost::system::error_code ec, size_t n) {
+      if (ec) return;  // closed, or a line over the limit: drop the connection
+      std::string line(asio::buffers_begin(self->in.data()),
+                       asio::buffers_begin(self->in.data()) + static_cast<long>(n));
+      self->in.consume(n);
+      self->out = handle_rpc(self->daemon, line);
+      if (self->out.empty()) {
+        self->read();
+        return;
+      }
+      self->out += '\n';
+      asio::async_write(self->sock, asio::buffer(self->out),
+                        [self](boost::system::error_code wec, size_t) {
+                          if (!wec) self->read();
+                        });
+    });
+  }
+};
+
+}  // namespace
+
+void Daemon::start_api() {
+  ::unlink(opts_.api_path.c_str());
+  unix_socket::endpoint ep(opts_.api_path);
+  api_.emplace(io_);
+  api_->open(ep.protocol());
+  api_->bind(ep);
+  ::chmod(opts_.api_path.c_str(), 0600);  // the owner (and root) only
+  api_->listen();
+  api_accept();
+  LOG_INFO("daemon", "management API on %s", opts_.api_path.c_str());
+}
+
+void Daemon::api_accept() {
+  api_->async_accept([this](boost::system::error_code ec, unix_socket::socket s) {
+    if (ec) {
+      if (ec != asio::error::operation_aborted && api_ && api_->is_open()) api_accept();
+      return;
+    }
+    auto c = std::make_shared<ApiConn>(*this, std::move(s));
+    c->in.prepare(4096);
+    c->read();
+    api_accept();
+  });
+}
+
+std::string handle_rpc(Daemon& d, const std::string& request) {
+  json::object resp;
+  resp["jsonrpc"] = "2.0";
+  json::value id = nullptr;
+  auto fail = [&](int code, const std::string& msg) {
+    resp["error"] = json::object{{"code", code}, {"message", msg}};
+    resp["id"] = id;
+    return json::serialize(resp);
+  };
+  json::value v;
+  try {
+    v = json::parse(request);
+  } catch (const std::exception& e) {
+    return fail(-32700, std::string("parse error: ") + e.what());
+  }
+  if (!v.is_object()) return fail(-32600, "invalid request: not an object");
+  json::object& o = v.as_object();
+  if (auto* i = o.if_contains("id")) id = *i;
+  auto* method = o.if_contains("method");
+  if (method == nullptr || !method->is_string()) return fail(-32600, "invalid request: no method");
+  json::object params;
+  if (auto* p = o.if_contains("params")) {
+    if (!p->is_object()) return fail(-32602, "params must be an object");
+    params = p->as_object();
+  }
+  auto str_param = [&](const char* key, bool required) -> std::string {
+    auto* p = params.if_contains(key);
+    if (p == nullptr) {
+      if (required) throw std::invalid_argument(std::string("missing parameter '") + key + "'");
+      return {};
+    }
+    if (!p->is_string()) throw std::invalid_argument(std::string("parameter '") + key + "' must be a string");
+    return std::string(p->as_string());
+  };
+  std::string m(method->as_string());
+  try {
+    json::value result;
+    if (m == "list") {
+      result = d.list();
+    } else if (m == "stats") {
+      result = d.stats(str_param("id", false));
+    } else if (m == "add-blk") {
+      BlkSpec spec = parse_blk_spec(str_param("spec", true));
+      d.add_blk(spec);
+      result = json::object{{"id", spec.id}};
+    } else if (m == "remove") {
+      std::string rid = str_param("id", true);
+      d.remove(rid);
+      result = json::object{{"id", rid}};
+    } else {
+      return fail(-32601, "method not found: " + m);
+    }
+    if (!o.contains("id")) return {};  // a notification: no response
+    resp["result"] = std::move(result);
+    resp["id"] = id;
+    return json::serialize(resp);
+  } catch (const std::invalid_argument& e) {
+    return fail(-32602, e.what());
+  } catch (const SpecError& e) {
+    return fail(-32602, std::string("bad spec: ") + e.what());
+  } catch (const std::exception& e) {
+    return fail(-32000, e.what());
+  }
+}
+
+}  // namespace sluice::control

@@ -1,0 +1,98 @@
+// The sluiced daemon: one control thread running a Boost.Asio io_context
+// (vhost-user listening sockets and sessions, the management API), and the
+// data-plane workers. Exceptions are allowed here (control/), never below.
+#pragma once
+
+#include <boost/asio.hpp>
+#include <boost/json.hpp>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "control/spec.h"
+#include "dataplane/blk/blk_device.h"
+#include "dataplane/worker/worker.h"
+#include "vhost/session.h"
+
+namespace sluice::control {
+
+namespace asio = boost::asio;
+using unix_socket = asio::local::stream_protocol;
+
+class Daemon;
+
+// One vhost-user-blk export: its device, its listening socket, and the
+// session of the front-end connected to it (one at a time).
+class BlkExport {
+ public:
+  BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev);
+  ~BlkExport();
+  void start();  // binds and listens; throws on failure
+  void stop();   // ends the session (queues drained), closes and unlinks the socket
+
+  const BlkSpec& spec() const { return spec_; }
+  bool connected() const { return conn_.has_value(); }
+  boost::json::object describe() const;
+  boost::json::object stats() const;
+
+ private:
+  void accept();
+  void wait_message();
+  void on_readable();
+  void end_session(const char* why);
+
+  Daemon& daemon_;
+  BlkSpec spec_;
+  std::unique_ptr<blk::BlkDevice> dev_;
+  unix_socket::acceptor acceptor_;
+  std::optional<unix_socket::socket> conn_;
+  std::unique_ptr<vhost::Session> session_;
+  uint64_t sessions_ = 0;
+  uint64_t refused_messages_ = 0;
+};
+
+struct DaemonOptions {
+  std::vector<BlkSpec> blk;
+  std::string api_path;      // empty: no API
+  unsigned workers = 1;
+  std::vector<int> cpus;     // pin worker i to cpus[i % size]
+};
+
+class Daemon {
+ public:
+  explicit Daemon(DaemonOptions opts);
+  ~Daemon();
+  // Starts workers, exports and the API; runs until SIGINT/SIGTERM or stop().
+  int run();
+  void stop();
+
+  asio::io_context& io() { return io_; }
+  // Adds/removes an export at runtime. Throw std::runtime_error with a
+  // message a user can act on.
+  void add_blk(const BlkSpec& spec);
+  void remove(const std::string& id);
+  boost::json::array list() const;
+  boost::json::value stats(const std::string& id) const;
+
+ private:
+  void start_api();
+  void api_accept();
+  void shutdown();
+
+  DaemonOptions opts_;
+  asio::io_context io_;
+  asio::signal_set signals_{io_, SIGINT, SIGTERM};
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::map<std::string, std::unique_ptr<BlkExport>> exports_;
+  std::optional<unix_socket::acceptor> api_;
+  bool stopping_ = false;
+};
+
+// Handles one JSON-RPC 2.0 request text; returns the response text (empty
+// for a notification). Never throws.
+std::string handle_rpc(Daemon& d, const std::string& request);
+
+}  // namespace sluice::control

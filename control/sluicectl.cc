@@ -1,0 +1,155 @@
+// sluicectl: talks to sluiced's management API (JSON-RPC 2.0, one request per
+// line over a unix socket).
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "control/paths.h"
+#include "control/spec.h"
+
+namespace json = boost::json;
+using sluice::control::default_api_path;
+using sluice::control::format_size;
+
+namespace {
+
+const char kUsage[] = R"(usage: sluicectl [--api PATH] [--json] COMMAND
+
+  list                 exports and whether a front-end is connected
+  stats [ID]           per-queue counters (requests, bytes, errors, used-ring batches)
+  add-blk SPEC         add a vhost-user-blk export (SPEC as for sluiced --blk)
+  remove ID            remove an export (its front-end is disconnected)
+
+  --api PATH           the daemon's API socket (default %s)
+  --json               print the raw JSON result
+)";
+
+int call(const std::string& path, const std::string& method, json::object params, json::value& out) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  if (path.size() >= sizeof sa.sun_path) {
+    std::fprintf(stderr, "sluicectl: API path too long\n");
+    return 2;
+  }
+  std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    std::fprintf(stderr, "sluicectl: cannot reach sluiced at %s: %s\n", path.c_str(), std::strerror(errno));
+    ::close(fd);
+    return 1;
+  }
+  json::object req{{"jsonrpc", "2.0"}, {"id", 1}, {"method", method}, {"params", std::move(params)}};
+  std::string line = json::serialize(req) + "\n";
+  if (::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
+    std::fprintf(stderr, "sluicectl: write failed\n");
+    ::close(fd);
+    return 1;
+  }
+  std::string resp;
+  char buf[4096];
+  while (resp.find('\n') == std::string::npos) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    resp.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  json::value v;
+  try {
+    v = json::parse(resp);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "sluicectl: bad answer from sluiced: %s\n", e.what());
+    return 1;
+  }
+  if (auto* err = v.as_object().if_contains("error")) {
+    std::fprintf(stderr, "sluicectl: %s\n", std::string(err->as_object().at("message").as_string()).c_str());
+    return 1;
+  }
+  out = v.as_object().at("result");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string api = default_api_path();
+  bool raw = false;
+  int i = 1;
+  for (; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--api" && i + 1 < argc) {
+      api = argv[++i];
+    } else if (a == "--json") {
+      raw = true;
+    } else if (a == "--help" || a == "-h") {
+      std::printf(kUsage, default_api_path().c_str());
+      return 0;
+    } else {
+      break;
+    }
+  }
+  if (i >= argc) {
+    std::fprintf(stderr, kUsage, default_api_path().c_str());
+    return 2;
+  }
+  std::string cmd = argv[i++];
+  json::object params;
+  std::string method = cmd;
+  if (cmd == "list") {
+  } else if (cmd == "stats") {
+    if (i < argc) params["id"] = argv[i++];
+  } else if (cmd == "add-blk" && i < argc) {
+    params["spec"] = argv[i++];
+  } else if (cmd == "remove" && i < argc) {
+    params["id"] = argv[i++];
+  } else {
+    std::fprintf(stderr, "sluicectl: unknown or incomplete command '%s' (see --help)\n", cmd.c_str());
+    return 2;
+  }
+  json::value out;
+  int rc = call(api, method, params, out);
+  if (rc != 0) return rc;
+  if (raw) {
+    std::printf("%s\n", json::serialize(out).c_str());
+    return 0;
+  }
+  if (cmd == "list") {
+    std::printf("%-12s %-16s %-10s %-7s %-9s %s\n", "ID", "TYPE", "SIZE", "QUEUES", "STATE", "SOCKET / FILE");
+    for (auto& e : out.as_array()) {
+      auto& o = e.as_object();
+      std::printf("%-12s %-16s %-10s %-7lld %-9s %s  %s%s\n", std::string(o.at("id").as_string()).c_str(),
+                  std::string(o.at("type").as_string()).c_str(), format_size(o.at("size").to_number<uint64_t>()).c_str(),
+                  static_cast<long long>(o.at("queues").to_number<int64_t>()),
+                  o.at("connected").as_bool() ? "connected" : "waiting", std::string(o.at("socket").as_string()).c_str(),
+                  std::string(o.at("file").as_string()).c_str(), o.at("read_only").as_bool() ? " (ro)" : "");
+    }
+  } else if (cmd == "stats") {
+    auto print = [](const json::object& o) {
+      std::printf("%s:\n  %-5s %-8s %12s %14s %14s %8s %8s %10s\n", std::string(o.at("id").as_string()).c_str(),
+                  "QUEUE", "RUNNING", "REQUESTS", "READ", "WRITTEN", "ERRORS", "FLUSHES", "BATCHES");
+      for (auto& q : o.at("queues").as_array()) {
+        auto& x = q.as_object();
+        std::printf("  %-5lld %-8s %12llu %14s %14s %8llu %8llu %10llu\n",
+                    static_cast<long long>(x.at("queue").to_number<int64_t>()), x.at("running").as_bool() ? "yes" : "no",
+                    static_cast<unsigned long long>(x.at("requests").to_number<uint64_t>()),
+                    format_size(x.at("read_bytes").to_number<uint64_t>()).c_str(),
+                    format_size(x.at("write_bytes").to_number<uint64_t>()).c_str(),
+                    static_cast<unsigned long long>(x.at("errors").to_number<uint64_t>()),
+                    static_cast<unsigned long long>(x.at("flushes").to_number<uint64_t>()),
+                    static_cast<unsigned long long>(x.at("used_ring_batches").to_number<uint64_t>()));
+      }
+    };
+    if (out.is_array())
+      for (auto& e : out.as_array()) print(e.as_object());
+    else
+      print(out.as_object());
+  } else {
+    std::printf("ok: %s %s\n", cmd.c_str(), std::string(out.as_object().at("id").as_string()).c_str());
+  }
+  return 0;
+}

@@ -1,0 +1,157 @@
+// sluiced: the Sluice data-plane daemon.
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "control/daemon.h"
+#include "control/paths.h"
+#include "control/spec.h"
+#include "dataplane/base/log.h"
+
+using namespace sluice;
+using namespace sluice::control;
+
+namespace {
+
+const char kUsage[] = R"(usage: sluiced [options]
+
+Serves virtio devices to VMMs over vhost-user. With no --blk it serves a
+built-in default: a 1 GiB sparse image in the data directory, exported as
+vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
+
+  --blk SPEC        a vhost-user-blk export; repeatable. SPEC is a
+                    comma-separated list (qemu-storage-daemon style):
+                      path=SOCKET     vhost-user socket to create (required)
+                      file=FILE       backing file or block device (required)
+                      id=NAME         name for the API (default: socket name)
+                      queues=N        number of request queues, 1..64 (default 1)
+                      size=SIZE       create/grow FILE to SIZE, e.g. 8G (sparse)
+                      ro              read-only export
+                      serial=TEXT     disk serial (GET_ID), up to 20 characters
+                      queue-size=N    largest ring accepted, 2..1024 (default 256)
+                    e.g. --blk id=vm1,path=/run/sluice/vm1.sock,file=/srv/vm1.img,queues=2,size=8G
+  --api PATH        management API socket (JSON-RPC 2.0; default %s)
+  --no-api          no management API
+  --workers N       data-plane worker threads (default 1)
+  --cpus LIST       pin workers to these CPUs, e.g. 2,3
+  --data-dir DIR    where the default image lives (default %s)
+  --log-level L     error, warn, info (default) or debug
+  --help            this text
+)";
+
+std::vector<int> parse_cpus(const std::string& s) {
+  std::vector<int> v;
+  size_t at = 0;
+  while (at <= s.size()) {
+    size_t comma = s.find(',', at);
+    std::string item = s.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 4)
+      throw SpecError("--cpus: expected a comma-separated list of CPU numbers");
+    v.push_back(std::stoi(item));
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return v;
+}
+
+int mkdirs(const std::string& path) {
+  for (size_t i = 1; i <= path.size(); ++i)
+    if (i == path.size() || path[i] == '/') {
+      std::string p = path.substr(0, i);
+      if (::mkdir(p.c_str(), 0700) != 0 && errno != EEXIST) return -1;
+    }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  DaemonOptions opts;
+  opts.api_path = default_api_path();
+  std::string data_dir = default_data_dir();
+  bool no_api = false;
+  try {
+    for (int i = 1; i < argc; ++i) {
+      std::string a = argv[i];
+      auto value = [&]() -> std::string {
+        if (i + 1 >= argc) throw SpecError(a + " needs a value");
+        return argv[++i];
+      };
+      if (a == "--help" || a == "-h") {
+        std::printf(kUsage, default_api_path().c_str(), default_data_dir().c_str());
+        return 0;
+      } else if (a == "--blk") {
+        opts.blk.push_back(parse_blk_spec(value()));
+      } else if (a == "--api") {
+        opts.api_path = value();
+      } else if (a == "--no-api") {
+        no_api = true;
+      } else if (a == "--workers") {
+        std::string v = value();
+        if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 3 ||
+            std::stoi(v) < 1)
+          throw SpecError("--workers: expected a number >= 1");
+        opts.workers = static_cast<unsigned>(std::stoi(v));
+      } else if (a == "--cpus") {
+        opts.cpus = parse_cpus(value());
+      } else if (a == "--data-dir") {
+        data_dir = value();
+      } else if (a == "--log-level") {
+        std::string l = value();
+        if (l == "error") set_log_level(LogLevel::kError);
+        else if (l == "warn") set_log_level(LogLevel::kWarn);
+        else if (l == "info") set_log_level(LogLevel::kInfo);
+        else if (l == "debug") set_log_level(LogLevel::kDebug);
+        else throw SpecError("--log-level: error, warn, info or debug");
+      } else {
+        throw SpecError("unknown option '" + a + "' (see --help)");
+      }
+    }
+  } catch (const SpecError& e) {
+    std::fprintf(stderr, "sluiced: %s\n", e.what());
+    return 2;
+  }
+  if (no_api) opts.api_path.clear();
+  bool builtin = opts.blk.empty();
+  if (builtin) {
+    std::string run = default_run_dir();
+    if (mkdirs(data_dir) != 0 || mkdirs(run) != 0) {
+      std::fprintf(stderr, "sluiced: cannot create %s or %s: %s\n", data_dir.c_str(), run.c_str(),
+                   std::strerror(errno));
+      return 1;
+    }
+    BlkSpec s;
+    s.id = "default";
+    s.path = run + "/default.sock";
+    s.file = data_dir + "/default.img";
+    s.size = 1ull << 30;
+    s.serial = "sluice-default";
+    opts.blk.push_back(s);
+  } else if (!opts.api_path.empty()) {
+    auto slash = opts.api_path.find_last_of('/');
+    if (slash != std::string::npos && slash > 0) mkdirs(opts.api_path.substr(0, slash));
+  }
+  if (!opts.api_path.empty() && opts.api_path.size() >= 108) {
+    std::fprintf(stderr, "sluiced: --api path too long for a unix socket\n");
+    return 2;
+  }
+  Daemon d(opts);
+  if (builtin) {
+    const BlkSpec& s = opts.blk[0];
+    std::printf(
+        "sluiced: serving %s as vhost-user-blk on %s\n"
+        "Attach a guest with, for example:\n"
+        "  qemu-system-x86_64 -machine q35 -accel kvm -accel tcg -m 1G \\\n"
+        "    -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\\n"
+        "    -chardev socket,id=sluice0,path=%s,reconnect=1 \\\n"
+        "    -device vhost-user-blk-pci,chardev=sluice0,num-queues=1 \\\n"
+        "    -kernel vmlinuz -initrd initrd.img -append console=ttyS0 -nographic\n"
+        "Management API: %s (try: sluicectl stats)\n",
+        s.file.c_str(), s.path.c_str(), s.path.c_str(),
+        opts.api_path.empty() ? "off" : opts.api_path.c_str());
+    std::fflush(stdout);
+  }
+  return d.run();
+}

@@ -1,0 +1,33 @@
+// Export specifications as given on the command line and through the API, in
+// the style of qemu-storage-daemon: "id=vm1,path=/run/sluice/vm1.sock,
+// file=/srv/vm1.img,queues=2,ro,size=8G".
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace sluice::control {
+
+struct BlkSpec {
+  std::string id;       // defaults to the socket's base name
+  std::string path;     // vhost-user socket
+  std::string file;     // backing file or block device
+  uint16_t queues = 1;
+  bool read_only = false;
+  uint64_t size = 0;    // create/grow the file to this size (0: use the file as is)
+  std::string serial;   // GET_ID; defaults to the id
+  uint16_t queue_size = 256;
+};
+
+// Thrown for a malformed spec; what() says which key and why.
+struct SpecError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+BlkSpec parse_blk_spec(const std::string& text);
+// "8G", "512M", "4096", "1T" (binary units).
+uint64_t parse_size(const std::string& text);
+std::string format_size(uint64_t bytes);
+
+}  // namespace sluice::control
