@@ -12,6 +12,8 @@ PKGS=(
   libboost1.81-dev libboost-json1.81-dev
   libgtest-dev libbenchmark-dev
   clang libclang-rt-14-dev   # libFuzzer + sanitizers for the fuzz target
+  # peers for the end-to-end tests: QEMU guests under TCG, a busybox initramfs
+  qemu-system-x86 qemu-system-common qemu-utils busybox-static kmod cpio xz-utils python3
 )
 
 missing=()
