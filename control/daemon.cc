@@ -208,6 +208,13 @@ json::array Daemon::list() const {
   return a;
 }
 
+json::array Daemon::worker_stats() const {
+  json::array a;
+  for (auto& w : workers_)
+    a.push_back(json::object{{"name", w->name()}, {"polls", w->polls()}, {"sleeps", w->sleeps()}});
+  return a;
+}
+
 json::value Daemon::stats(const std::string& id) const {
   if (!id.empty()) {
     auto it = exports_.find(id);
@@ -223,6 +230,7 @@ int Daemon::run() {
   for (unsigned i = 0; i < std::max(1u, opts_.workers); ++i) {
     WorkerOptions wo;
     wo.name = "worker" + std::to_string(i);
+    wo.poll_us = opts_.poll_us;
     if (!opts_.cpus.empty()) wo.cpu = opts_.cpus[i % opts_.cpus.size()];
     auto w = std::make_unique<Worker>(wo);
     Status s = w->start();
@@ -388,6 +396,8 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
       result = d.list();
     } else if (m == "stats") {
       result = d.stats(str_param("id", false));
+    } else if (m == "workers") {
+      result = d.worker_stats();
     } else if (m == "add-blk") {
       BlkSpec spec = parse_blk_spec(str_param("spec", true));
       d.add_blk(spec);

@@ -59,6 +59,7 @@ struct DaemonOptions {
   std::string api_path;      // empty: no API
   unsigned workers = 1;
   std::vector<int> cpus;     // pin worker i to cpus[i % size]
+  unsigned poll_us = 50;     // busy-poll this long after the last work before sleeping
 };
 
 class Daemon {
@@ -76,6 +77,7 @@ class Daemon {
   void remove(const std::string& id);
   boost::json::array list() const;
   boost::json::value stats(const std::string& id) const;
+  boost::json::array worker_stats() const;
 
  private:
   void start_api();

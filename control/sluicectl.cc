@@ -23,6 +23,7 @@ const char kUsage[] = R"(usage: sluicectl [--api PATH] [--json] COMMAND
 
   list                 exports and whether a front-end is connected
   stats [ID]           per-queue counters (requests, bytes, errors, used-ring batches)
+  workers              data-plane workers: poll loops run and times they slept
   add-blk SPEC         add a vhost-user-blk export (SPEC as for sluiced --blk)
   remove ID            remove an export (its front-end is disconnected)
 
@@ -103,6 +104,7 @@ int main(int argc, char** argv) {
   if (cmd == "list") {
   } else if (cmd == "stats") {
     if (i < argc) params["id"] = argv[i++];
+  } else if (cmd == "workers") {
   } else if (cmd == "add-blk" && i < argc) {
     params["spec"] = argv[i++];
   } else if (cmd == "remove" && i < argc) {
@@ -148,6 +150,14 @@ int main(int argc, char** argv) {
       for (auto& e : out.as_array()) print(e.as_object());
     else
       print(out.as_object());
+  } else if (cmd == "workers") {
+    std::printf("%-10s %14s %10s\n", "WORKER", "POLLS", "SLEEPS");
+    for (auto& w : out.as_array()) {
+      auto& o = w.as_object();
+      std::printf("%-10s %14llu %10llu\n", std::string(o.at("name").as_string()).c_str(),
+                  static_cast<unsigned long long>(o.at("polls").to_number<uint64_t>()),
+                  static_cast<unsigned long long>(o.at("sleeps").to_number<uint64_t>()));
+    }
   } else {
     std::printf("ok: %s %s\n", cmd.c_str(), std::string(out.as_object().at("id").as_string()).c_str());
   }

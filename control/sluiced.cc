@@ -36,6 +36,8 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
   --no-api          no management API
   --workers N       data-plane worker threads (default 1)
   --cpus LIST       pin workers to these CPUs, e.g. 2,3
+  --poll-us N       busy-poll N microseconds after the last request before
+                    sleeping on the kick eventfds (default 50; 0 = never poll)
   --data-dir DIR    where the default image lives (default %s)
   --log-level L     error, warn, info (default) or debug
   --help            this text
@@ -94,6 +96,11 @@ int main(int argc, char** argv) {
             std::stoi(v) < 1)
           throw SpecError("--workers: expected a number >= 1");
         opts.workers = static_cast<unsigned>(std::stoi(v));
+      } else if (a == "--poll-us") {
+        std::string v = value();
+        if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 7)
+          throw SpecError("--poll-us: expected a number of microseconds");
+        opts.poll_us = static_cast<unsigned>(std::stoul(v));
       } else if (a == "--cpus") {
         opts.cpus = parse_cpus(value());
       } else if (a == "--data-dir") {

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# README command 1: install what is needed, build, and run the main job on its
-# built-in default. Until the daemon lands that job is the virtqueue
-# benchmark (plain vs in-order, alternating rounds, medians at the end).
-# Extra arguments go to sluice-bench (e.g. --rounds=9 --benchmark_filter=batch:32).
+# README command 1: install what is needed, build, and run the main job on
+# its built-in default: sluiced serving a 1 GiB sparse image as a
+# vhost-user-blk disk (it prints the socket and a QEMU command line that
+# attaches a guest). Ctrl-C stops it cleanly.
+# Extra arguments go to sluiced (e.g. --blk path=...,file=...; see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 if [ ! -f build-release/build.ninja ]; then
   meson setup build-release --buildtype=release -Dtests=false >/dev/null
 fi
-ninja -C build-release bench/sluice-bench
-exec build-release/bench/sluice-bench --benchmark_min_time=0.2 "$@"
+ninja -C build-release control/sluiced control/sluicectl bench/sluice-bench bench/sluice-blkbench
+exec build-release/control/sluiced "$@"

@@ -230,6 +230,12 @@ void Worker::sleep() {
   for (Pollable* p : pollables_) p->disarm();
 }
 
+bool Worker::any_inflight() const {
+  for (Pollable* p : pollables_)
+    if (p->inflight() != 0) return true;
+  return false;
+}
+
 void Worker::run() {
   if (opts_.cpu >= 0) {
     cpu_set_t set;
@@ -253,7 +259,11 @@ void Worker::run() {
     uint64_t t = now_us();
     if (work > 0) {
       last_work = t;
-    } else if (t - last_work > opts_.poll_us) {
+    } else if (t - last_work > opts_.poll_us || any_inflight()) {
+      // Idle past the poll budget, or nothing to do but wait for the kernel:
+      // sleep until a completion or a kick. Waiting in the kernel rather than
+      // spinning leaves the CPU to io_uring's own workers (buffered I/O the
+      // kernel cannot do inline runs there), which matters on small machines.
       sleep();
       reap();
       end_burst();

@@ -112,6 +112,7 @@ class Worker {
   void end_burst();
   void sleep();
   void finish_detaches();
+  bool any_inflight() const;
 
   WorkerOptions opts_;
   io_uring ring_{};
