@@ -4,7 +4,9 @@
 # rounds (A B A B ...). Prints each run, then the medians and their ratio.
 #
 # usage: bench/blk_vs_qsd.sh BUILD_DIR [ROUNDS] [SECONDS]
-# The backing file lives on tmpfs (/dev/shm) unless SLUICE_BENCH_FILE is set.
+# Two back-ends for both daemons: a 1 GiB file of random data on tmpfs
+# (/dev/shm, or SLUICE_BENCH_FILE), and a null device (Sluice's `null`,
+# QEMU's null-co) that measures the data path without the copy.
 # qemu-storage-daemon runs with aio=io_uring, its fastest setting here.
 set -euo pipefail
 B=${1:?usage: blk_vs_qsd.sh BUILD_DIR [ROUNDS] [SECONDS]}
@@ -17,28 +19,32 @@ trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$W"; [ -z "${SLUICE_BENCH_FILE:-}
 truncate -s 1G "$IMG"
 dd if=/dev/urandom of="$IMG" bs=1M count=1024 conv=notrunc status=none  # real data, no holes
 
-start_sluice() {
-  "$B/control/sluiced" --no-api --log-level warn --blk "id=b,path=$W/s.sock,file=$IMG,queues=1" &
+start_sluice() {  # start_sluice file|null
+  local b="file=$IMG"; [ "$1" = null ] && b="null,size=1G"
+  "$B/control/sluiced" --no-api --log-level warn --blk "id=b,path=$W/s.sock,$b,queues=1" &
   PID=$!
   SOCK=$W/s.sock
 }
 start_qsd() {
-  qemu-storage-daemon --blockdev "driver=file,node-name=f0,filename=$IMG,aio=io_uring" \
+  local b="driver=file,node-name=f0,filename=$IMG,aio=io_uring"
+  [ "$1" = null ] && b="driver=null-co,node-name=f0,size=1073741824"
+  qemu-storage-daemon --blockdev "$b" \
     --export "type=vhost-user-blk,id=e0,addr.type=unix,addr.path=$W/q.sock,node-name=f0,writable=on,num-queues=1" &
   PID=$!
   SOCK=$W/q.sock
 }
 stop() { kill -TERM $PID; wait $PID 2>/dev/null || true; rm -f "$SOCK"; }
 
-CONFIGS=("randread 4096 1" "randread 4096 32" "randwrite 4096 32" "read 1048576 4")
+CONFIGS=("file randread 4096 1" "file randread 4096 32" "file randwrite 4096 32" "file read 1048576 4"
+         "null randread 4096 1" "null randread 4096 32")
 declare -A R
 for round in $(seq 1 "$ROUNDS"); do
   for cfg in "${CONFIGS[@]}"; do
     set -- $cfg
     for who in sluice qsd; do
-      start_$who
+      start_$who "$1"
       for _ in $(seq 1 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
-      out=$("$B/bench/sluice-blkbench" --socket "$SOCK" --rw "$1" --bs "$2" --qd "$3" --seconds "$SECS")
+      out=$("$B/bench/sluice-blkbench" --socket "$SOCK" --rw "$2" --bs "$3" --qd "$4" --seconds "$SECS")
       stop
       iops=$(sed -n 's/.*: \([0-9]*\) IOPS.*/\1/p' <<<"$out")
       p50=$(sed -n 's/.*p50 \([0-9.]*\).*/\1/p' <<<"$out")
@@ -52,9 +58,9 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
 echo "Medians over $ROUNDS alternating rounds, ${SECS}s each, $(date -u +%F):"
-printf "%-22s %12s %12s %8s %12s %12s\n" "rw bs qd" "sluice IOPS" "qsd IOPS" "ratio" "sluice p50us" "qsd p50us"
+ printf "%-26s %12s %12s %8s %12s %12s\n" "backend rw bs qd" "sluice IOPS" "qsd IOPS" "ratio" "sluice p50us" "qsd p50us"
 for cfg in "${CONFIGS[@]}"; do
   si=$(echo ${R["$cfg|sluice|iops"]} | median); qi=$(echo ${R["$cfg|qsd|iops"]} | median)
   sp=$(echo ${R["$cfg|sluice|p50"]} | median); qp=$(echo ${R["$cfg|qsd|p50"]} | median)
-  printf "%-22s %12.0f %12.0f %7.2fx %12.1f %12.1f\n" "$cfg" "$si" "$qi" "$(awk -v a="$si" -v b="$qi" 'BEGIN{print a/b}')" "$sp" "$qp"
+  printf "%-26s %12.0f %12.0f %7.2fx %12.1f %12.1f\n" "$cfg" "$si" "$qi" "$(awk -v a="$si" -v b="$qi" 'BEGIN{print a/b}')" "$sp" "$qp"
 done

@@ -180,6 +180,7 @@ void Daemon::add_blk(const BlkSpec& spec) {
   o.queues = spec.queues;
   o.queue_size = spec.queue_size;
   o.serial = spec.serial;
+  o.null_backend = spec.null_backend;
   auto dev = blk::BlkDevice::open(o, ws);
   if (!dev.ok()) throw std::runtime_error("cannot open " + spec.file + ": " + err_text(dev.error()));
   auto e = std::make_unique<BlkExport>(*this, spec, std::move(dev.value()));

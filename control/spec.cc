@@ -71,7 +71,10 @@ BlkSpec parse_blk_spec(const std::string& text) {
     auto eq = item.find('=');
     std::string key = item.substr(0, eq);
     std::string val = eq == std::string::npos ? "" : item.substr(eq + 1);
-    if (key == "ro" || key == "readonly") {
+    if (key == "null") {
+      if (eq != std::string::npos) throw SpecError("null: takes no value");
+      s.null_backend = true;
+    } else if (key == "ro" || key == "readonly") {
       if (eq != std::string::npos && val != "on" && val != "off" && val != "true" && val != "false")
         throw SpecError("ro: expected on/off");
       s.read_only = eq == std::string::npos || val == "on" || val == "true";
@@ -102,11 +105,17 @@ BlkSpec parse_blk_spec(const std::string& text) {
       if (s.queue_size < 2 || (s.queue_size & (s.queue_size - 1)))
         throw SpecError("queue-size: a power of two, 2..1024");
     } else {
-      throw SpecError("unknown key '" + key + "' (id, path, file, queues, ro, size, serial, queue-size)");
+      throw SpecError("unknown key '" + key + "' (id, path, file, queues, ro, size, serial, queue-size, null)");
     }
   }
   if (!have_path) throw SpecError("path= is required (the vhost-user socket to create)");
-  if (!have_file) throw SpecError("file= is required (the backing file or block device)");
+  if (s.null_backend) {
+    if (have_file) throw SpecError("null and file= exclude each other");
+    if (s.size == 0) throw SpecError("null needs size=");
+    s.file = "(null)";
+  } else if (!have_file) {
+    throw SpecError("file= is required (the backing file or block device)");
+  }
   if (s.id.empty()) {
     auto slash = s.path.find_last_of('/');
     s.id = s.path.substr(slash == std::string::npos ? 0 : slash + 1);

@@ -18,6 +18,7 @@ struct BlkSpec {
   uint64_t size = 0;    // create/grow the file to this size (0: use the file as is)
   std::string serial;   // GET_ID; defaults to the id
   uint16_t queue_size = 256;
+  bool null_backend = false;  // "null": no file, requests complete at once (needs size)
 };
 
 // Thrown for a malformed spec; what() says which key and why.

@@ -114,6 +114,11 @@ class BlkQueue final : public Pollable {
       finish(idx, status_for(p.error().code));  // counted as an error there
       return;
     }
+    if (dev_.opts_.null_backend && s.req.type != kTGetId) {
+      s.used_len = s.req.type == kTIn ? static_cast<uint32_t>(s.req.data_len) + 1 : 1;
+      finish(idx, kSOk);
+      return;
+    }
     switch (s.req.type) {
       case kTIn:
       case kTOut: {
@@ -228,6 +233,11 @@ Result<std::unique_ptr<BlkDevice>> BlkDevice::open(const BlkOptions& opts,
   std::unique_ptr<BlkDevice> d(new BlkDevice());
   d->opts_ = opts;
   d->workers_ = std::move(workers);
+  if (opts.null_backend) {
+    if (opts.size < kSectorSize) return Errc::kInvalidArgument;
+    d->init_geometry(opts.size);
+    return d;
+  }
   int flags = (opts.read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC;
   if (opts.size != 0 && !opts.read_only) flags |= O_CREAT;
   d->fd_.reset(::open(opts.file.c_str(), flags, 0600));
@@ -248,24 +258,28 @@ Result<std::unique_ptr<BlkDevice>> BlkDevice::open(const BlkOptions& opts,
     d->direct_fd_.reset(::open(opts.file.c_str(), (flags & ~O_CREAT) | O_DIRECT));
     // tmpfs and some others refuse O_DIRECT: buffered I/O only, then.
   }
-  d->capacity_ = bytes / kSectorSize * kSectorSize;
-  uint64_t sectors = d->capacity_ / kSectorSize;
-  d->limits_ = DiskLimits{sectors, opts.read_only, 1u << 22, Request::kMaxSegments, 1u << 22,
-                          Request::kMaxSegments};
-  Config& c = d->config_;
-  c.capacity = sectors;
-  c.seg_max = opts.queue_size - 2u;
-  c.blk_size = kSectorSize;
-  c.num_queues = opts.queues;
-  c.max_discard_sectors = d->limits_.max_discard_sectors;
-  c.max_discard_seg = d->limits_.max_discard_segments;
-  c.discard_sector_alignment = 8;
-  c.max_write_zeroes_sectors = d->limits_.max_write_zeroes_sectors;
-  c.max_write_zeroes_seg = d->limits_.max_write_zeroes_segments;
-  c.write_zeroes_may_unmap = 1;
-  for (uint16_t i = 0; i < opts.queues; ++i) d->stats_.push_back(std::make_unique<BlkQueueStats>());
-  d->queues_.resize(opts.queues);
+  d->init_geometry(bytes);
   return d;
+}
+
+void BlkDevice::init_geometry(uint64_t bytes) {
+  capacity_ = bytes / kSectorSize * kSectorSize;
+  uint64_t sectors = capacity_ / kSectorSize;
+  limits_ = DiskLimits{sectors, opts_.read_only, 1u << 22, Request::kMaxSegments, 1u << 22,
+                       Request::kMaxSegments};
+  Config& c = config_;
+  c.capacity = sectors;
+  c.seg_max = opts_.queue_size - 2u;
+  c.blk_size = kSectorSize;
+  c.num_queues = opts_.queues;
+  c.max_discard_sectors = limits_.max_discard_sectors;
+  c.max_discard_seg = limits_.max_discard_segments;
+  c.discard_sector_alignment = 8;
+  c.max_write_zeroes_sectors = limits_.max_write_zeroes_sectors;
+  c.max_write_zeroes_seg = limits_.max_write_zeroes_segments;
+  c.write_zeroes_may_unmap = 1;
+  for (uint16_t i = 0; i < opts_.queues; ++i) stats_.push_back(std::make_unique<BlkQueueStats>());
+  queues_.resize(opts_.queues);
 }
 
 BlkDevice::~BlkDevice() {

@@ -62,6 +62,10 @@ struct BlkOptions {
   uint16_t queue_size = 256;  // largest ring we accept
   std::string serial = "sluice";
   bool direct = true;      // use O_DIRECT when the file allows it
+  // No backing file: reads return without touching the buffer, writes and
+  // flushes succeed at once (like QEMU's null-co). Measures the data path
+  // itself. Needs size.
+  bool null_backend = false;
 };
 
 // Per-queue counters, written by the owning worker, read by the control plane.
@@ -100,6 +104,7 @@ class BlkDevice : public VirtioDevice {
  private:
   friend class BlkQueue;
   BlkDevice() = default;
+  void init_geometry(uint64_t bytes);  // capacity, limits, config space
 
   BlkOptions opts_;
   UniqueFd fd_;         // buffered (and always valid)
