@@ -25,7 +25,7 @@ std::string err_text(const Error& e) {
 // ---------------------------------------------------------------- BlkExport
 
 BlkExport::BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev)
-    : daemon_(d), spec_(std::move(spec)), dev_(std::move(dev)), acceptor_(d.io()) {}
+    : spec_(std::move(spec)), dev_(std::move(dev)), acceptor_(d.io()) {}
 
 BlkExport::~BlkExport() { stop(); }
 
@@ -301,12 +301,12 @@ void Daemon::shutdown() {
 namespace {
 
 struct ApiConn : std::enable_shared_from_this<ApiConn> {
+  static constexpr size_t kMaxLine = 1 << 20;  // a longer request drops the connection
   ApiConn(Daemon& d, unix_socket::socket s) : daemon(d), sock(std::move(s)) {}
   Daemon& daemon;
   unix_socket::socket sock;
-  asio::streambuf in;
+  asio::streambuf in{kMaxLine};
   std::string out;
-  static constexpr size_t kMaxLine = 1 << 20;
 
   void read() {
     auto self = shared_from_this();
@@ -350,7 +350,6 @@ void Daemon::api_accept() {
       return;
     }
     auto c = std::make_shared<ApiConn>(*this, std::move(s));
-    c->in.prepare(4096);
     c->read();
     api_accept();
   });

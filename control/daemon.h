@@ -44,7 +44,6 @@ class BlkExport {
   void on_readable();
   void end_session(const char* why);
 
-  Daemon& daemon_;
   BlkSpec spec_;
   std::unique_ptr<blk::BlkDevice> dev_;
   unix_socket::acceptor acceptor_;

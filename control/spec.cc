@@ -1,6 +1,7 @@
 #include "control/spec.h"
 
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 #include <vector>
@@ -59,7 +60,7 @@ std::string format_size(uint64_t b) {
     ++u;
   }
   char buf[32];
-  std::snprintf(buf, sizeof buf, v == static_cast<uint64_t>(v) ? "%.0f %s" : "%.1f %s", v, units[u]);
+  std::snprintf(buf, sizeof buf, v == std::floor(v) ? "%.0f %s" : "%.1f %s", v, units[u]);
   return buf;
 }
 

@@ -1,11 +1,14 @@
 #include "vhost/session.h"
 
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
 
 #include "dataplane/base/log.h"
+#include "dataplane/virtq/inflight.h"
 
 namespace sluice::vhost {
 
@@ -217,6 +220,10 @@ Status Session::dispatch(Message& m, Response& r) {
         return memory_.remove_region(s.region.guest_phys, s.region.size, s.region.user_addr);
       });
     }
+    case Request::kGetInflightFd:
+      return get_inflight(m.as<Inflight>(), r, m);
+    case Request::kSetInflightFd:
+      return set_inflight(m);
     case Request::kSetStatus: {
       auto v = m.as<uint64_t>();
       if (v > 0xff) return Errc::kInvalidArgument;
@@ -229,6 +236,68 @@ Status Session::dispatch(Message& m, Response& r) {
     default:
       return Errc::kMsgUnknownRequest;  // check_message() let through a request we do not handle
   }
+}
+
+namespace {
+Status check_inflight_shape(const Inflight& i, const VirtioDevice& dev) {
+  if (i.num_queues == 0 || i.num_queues > dev.max_queues()) return Errc::kVringIndexOutOfRange;
+  if (i.queue_size == 0 || i.queue_size > virtq::kMaxQueueSize ||
+      (i.queue_size & (i.queue_size - 1)) != 0)
+    return Errc::kQueueBadSize;
+  return {};
+}
+}  // namespace
+
+Status Session::get_inflight(const Inflight& req, Response& r, const Message& m) {
+  SLUICE_TRY(check_inflight_shape(req, device_));
+  uint64_t size = uint64_t{req.num_queues} * virtq::inflight_queue_bytes(req.queue_size);
+  UniqueFd fd(::memfd_create("sluice-inflight", MFD_CLOEXEC));
+  if (!fd.valid()) return Error::from_errno(errno);
+  if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) return Error::from_errno(errno);
+  auto map = MappedRegion::map_shared(fd.get(), size, 0, PROT_READ | PROT_WRITE);
+  if (!map.ok()) return map.error();
+  inflight_map_ = std::move(map.value());  // a fresh memfd reads as zeroes: nothing in flight
+  inflight_base_ = inflight_map_.data();
+  inflight_fd_ = std::move(fd);
+  inflight_queues_ = req.num_queues;
+  inflight_qsize_ = req.queue_size;
+  reply_with(r, m, Inflight{size, 0, req.num_queues, req.queue_size, 0});
+  r.fds.push_back(inflight_fd_.get());
+  return {};
+}
+
+Status Session::set_inflight(Message& m) {
+  auto req = m.as<Inflight>();
+  SLUICE_TRY(check_inflight_shape(req, device_));
+  uint64_t size = uint64_t{req.num_queues} * virtq::inflight_queue_bytes(req.queue_size);
+  if (req.mmap_size != size) return Errc::kMsgBadSize;
+  UniqueFd fd = std::move(m.fds[0]);
+  struct stat st{};
+  uint64_t end;
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return Errc::kRegionBadFd;
+  if (__builtin_add_overflow(req.mmap_offset, size, &end) || end > static_cast<uint64_t>(st.st_size))
+    return Errc::kRegionPastEndOfFile;
+  uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  uint64_t slack = req.mmap_offset % page;
+  auto map = MappedRegion::map_shared(fd.get(), size + slack, req.mmap_offset - slack,
+                                      PROT_READ | PROT_WRITE);
+  if (!map.ok()) return map.error();
+  inflight_map_ = std::move(map.value());
+  inflight_base_ = inflight_map_.data() + slack;
+  inflight_fd_ = std::move(fd);
+  inflight_queues_ = req.num_queues;
+  inflight_qsize_ = req.queue_size;
+  return {};
+}
+
+std::byte* Session::inflight_region(uint16_t index, uint32_t num) const {
+  if (inflight_base_ == nullptr || index >= inflight_queues_) return nullptr;
+  if (num != inflight_qsize_) {
+    LOG_WARN("vhost", "%s: ring %u has %u entries but the inflight region was made for %u; "
+             "not tracking it", name_.c_str(), index, num, inflight_qsize_);
+    return nullptr;
+  }
+  return inflight_base_ + index * virtq::inflight_queue_bytes(inflight_qsize_);
 }
 
 Status Session::set_mem_table(Message& m) {
@@ -306,7 +375,7 @@ Status Session::maybe_start(uint16_t index) {
   SLUICE_TRY(v.queue.configure(cfg));
   SLUICE_TRY(v.queue.attach(table));
   v.queue.set_base(v.base);
-  QueueBinding b{index, &v.queue, v.kick.get(), v.call.get()};
+  QueueBinding b{index, &v.queue, v.kick.get(), v.call.get(), inflight_region(index, v.num)};
   SLUICE_TRY(device_.queue_started(b));
   v.running = true;
   return {};

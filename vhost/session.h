@@ -21,7 +21,7 @@ namespace sluice::vhost {
 // Protocol features this back-end offers.
 inline constexpr uint64_t kOfferedProtocolFeatures =
     (1ull << kPfMq) | (1ull << kPfReplyAck) | (1ull << kPfConfig) | (1ull << kPfResetDevice) |
-    (1ull << kPfConfigureMemSlots) | (1ull << kPfStatus);
+    (1ull << kPfConfigureMemSlots) | (1ull << kPfStatus) | (1ull << kPfInflightShmfd);
 
 // What handle() wants sent back.
 struct Response {
@@ -67,6 +67,9 @@ class Session {
   Status set_mem_table(Message& m);
   Status set_vring_fd(Message& m, Request which);
   Status set_vring_addr(const VringAddr& a);
+  Status get_inflight(const Inflight& req, Response& r, const Message& m);
+  Status set_inflight(Message& m);
+  std::byte* inflight_region(uint16_t index, uint32_t num) const;
   Result<Vring*> vring(uint32_t index);
   // Starts the ring if it may run (kick seen, enabled, set up).
   Status maybe_start(uint16_t index);
@@ -85,6 +88,14 @@ class Session {
   uint64_t protocol_features_ = 0;
   bool owner_ = false;
   uint8_t status_ = 0;
+  // The inflight-tracking region (INFLIGHT_SHMFD): ours after GET_INFLIGHT_FD,
+  // the front-end's after SET_INFLIGHT_FD. It outlives a back-end crash
+  // because the front-end keeps the fd.
+  UniqueFd inflight_fd_;
+  MappedRegion inflight_map_;
+  std::byte* inflight_base_ = nullptr;
+  uint16_t inflight_queues_ = 0;
+  uint16_t inflight_qsize_ = 0;
 };
 
 }  // namespace sluice::vhost

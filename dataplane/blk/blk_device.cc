@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "dataplane/base/log.h"
+#include "dataplane/virtq/inflight.h"
 #include "dataplane/virtq/ring.h"
 
 namespace sluice::blk {
@@ -31,6 +32,11 @@ class BlkQueue final : public Pollable {
       for (uint32_t j = 0; j < Request::kMaxSegments; ++j)
         slots_[i].ops[j] = IoOp{this, i << 8 | j};
     }
+    done_heads_.reserve(slots_.size());
+    if (b.inflight != nullptr) {
+      inflight_ = virtq::InflightTracker(b.inflight, b.queue->size());
+      resubmit_ = inflight_.recover(*b.queue);
+    }
   }
 
   unsigned poll(Worker& w, unsigned budget) override {
@@ -39,7 +45,9 @@ class BlkQueue final : public Pollable {
     while (n < budget && !free_.empty()) {
       uint16_t idx = free_.back();
       Slot& s = slots_[idx];
-      auto r = q_->pop(s.chain);
+      // Requests a previous back-end left in flight go first, by head.
+      bool again = next_resubmit_ < resubmit_.size();
+      auto r = again ? q_->pop_head(resubmit_[next_resubmit_++], s.chain) : q_->pop(s.chain);
       if (!r.ok()) {
         if (!reported_broken_) {
           reported_broken_ = true;
@@ -49,8 +57,9 @@ class BlkQueue final : public Pollable {
       }
       if (!r.value()) break;
       free_.pop_back();
-      ++inflight_;
+      ++inflight_count_;
       ++n;
+      if (!again) inflight_.begin(s.chain.head());
       start(w, idx);
     }
     return n;
@@ -79,7 +88,13 @@ class BlkQueue final : public Pollable {
     if (!dirty_) return;
     dirty_ = false;
     st_.batches.fetch_add(1, std::memory_order_relaxed);
-    if (q_->flush()) w.signal(call_.load(std::memory_order_relaxed));
+    bool notify = q_->flush();
+    // Only once the used index is published do the heads leave the inflight
+    // region; a crash in between is repaired from the used ring on recovery.
+    for (uint16_t h : done_heads_) inflight_.end(h);
+    done_heads_.clear();
+    inflight_.set_used_idx(q_->used_idx());
+    if (notify) w.signal(call_.load(std::memory_order_relaxed));
   }
 
   int kick_fd() const override { return kick_; }
@@ -89,7 +104,7 @@ class BlkQueue final : public Pollable {
   }
   void disarm() override { q_->set_kick_notification(false); }
   void quiesce() override { quiescing_ = true; }
-  unsigned inflight() const override { return inflight_; }
+  unsigned inflight() const override { return inflight_count_; }
   void set_call_fd(int fd) { call_.store(fd, std::memory_order_relaxed); }
 
  private:
@@ -183,8 +198,8 @@ class BlkQueue final : public Pollable {
     s.punch = s.punch || (mode & FALLOC_FL_PUNCH_HOLE);
     io_uring_sqe* sqe = w.get_sqe();
     const DiscardSegment& d = s.req.segs[seg];
-    io_uring_prep_fallocate(sqe, dev_.fd_.get(), mode, d.sector * kSectorSize,
-                            uint64_t{d.num_sectors} * kSectorSize);
+    io_uring_prep_fallocate(sqe, dev_.fd_.get(), mode, static_cast<off_t>(d.sector * kSectorSize),
+                            static_cast<off_t>(uint64_t{d.num_sectors} * kSectorSize));
     io_uring_sqe_set_data(sqe, &s.ops[seg]);
   }
 
@@ -206,10 +221,12 @@ class BlkQueue final : public Pollable {
       len = status == kSOk ? s.used_len : 1;
     }
     if (status != kSOk) st_.errors.fetch_add(1, std::memory_order_relaxed);
+    inflight_.pre_put(s.chain.head());
     q_->push(s.chain.head(), len);
+    done_heads_.push_back(s.chain.head());
     dirty_ = true;
     free_.push_back(static_cast<uint16_t>(idx));
-    --inflight_;
+    --inflight_count_;
   }
 
   BlkDevice& dev_;
@@ -219,7 +236,11 @@ class BlkQueue final : public Pollable {
   BlkQueueStats& st_;
   std::vector<Slot> slots_;
   std::vector<uint16_t> free_;
-  unsigned inflight_ = 0;
+  unsigned inflight_count_ = 0;
+  virtq::InflightTracker inflight_;
+  std::vector<uint16_t> resubmit_;  // heads to redo after a back-end restart
+  size_t next_resubmit_ = 0;
+  std::vector<uint16_t> done_heads_;  // completed this burst
   bool dirty_ = false;
   bool quiescing_ = false;
   bool reported_broken_ = false;

@@ -23,6 +23,10 @@ struct QueueBinding {
   virtq::SplitQueue* queue = nullptr;
   int kick_fd = -1;  // -1: the front-end gave none (polling only)
   int call_fd = -1;  // -1: raise no interrupts
+  // This queue's inflight-tracking region (vhost-user INFLIGHT_SHMFD), or
+  // null. The device records popped and completed heads in it and, on start,
+  // resubmits what a previous back-end left in flight.
+  std::byte* inflight = nullptr;
 };
 
 class VirtioDevice {

@@ -87,6 +87,19 @@ void SplitQueue::set_base(uint16_t last_avail_idx) {
   pending_bufs_ = 0;
 }
 
+void SplitQueue::set_indices(uint16_t last_avail_idx, uint16_t used_idx) {
+  set_base(last_avail_idx);
+  used_idx_ = shadow_used_ = used_idx;
+}
+
+uint16_t SplitQueue::ring_used_idx() const noexcept {
+  return running() ? load_acquire<uint16_t>(used_ + kUsedIdxOff) : used_idx_;
+}
+
+uint32_t SplitQueue::ring_used_id(uint16_t slot_idx) const noexcept {
+  return running() ? load_relaxed<uint32_t>(used_ + used_entry_off(slot_idx & mask_)) : UINT32_MAX;
+}
+
 uint16_t SplitQueue::stop() {
   if (running()) (void)flush();
   desc_ = avail_ = used_ = nullptr;
@@ -170,30 +183,7 @@ Errc SplitQueue::walk_indirect(const Desc& d, Chain& c, bool& seen_write) {
   }
 }
 
-template <bool InOrder>
-Result<bool> SplitQueue::pop_impl(Chain& c) {
-  if (last_avail_ == shadow_avail_) {
-    // Acquire: the ring entries and descriptors the driver wrote before it
-    // published this index are visible after the load.
-    shadow_avail_ = load_acquire<uint16_t>(avail_ + kAvailIdxOff);
-    uint16_t ahead = static_cast<uint16_t>(shadow_avail_ - last_avail_);
-    if (ahead > size_) return fail(Errc::kAvailIndexTooFar);
-    if (ahead == 0) return false;
-  }
-  uint16_t head;
-  if constexpr (InOrder) {
-    if (head_known_) [[likely]] {
-      head = next_avail_head_;  // derived, not read (the avail index still is)
-    } else {
-      head = load_relaxed<uint16_t>(avail_ + avail_entry_off(last_avail_ & mask_));
-      if (head >= size_) return fail(Errc::kHeadOutOfRange);
-      next_avail_head_ = head;
-      head_known_ = true;
-    }
-  } else {
-    head = load_relaxed<uint16_t>(avail_ + avail_entry_off(last_avail_ & mask_));
-    if (head >= size_) return fail(Errc::kHeadOutOfRange);
-  }
+[[gnu::always_inline]] inline Status SplitQueue::walk_chain(uint16_t head, Chain& c) {
   c.clear(head);
   bool seen_write = false;
   uint16_t idx = head;
@@ -220,6 +210,35 @@ Result<bool> SplitQueue::pop_impl(Chain& c) {
   if (c.bytes_[0] + c.bytes_[1] > UINT32_MAX) [[unlikely]]
     return fail(Errc::kChainTooLarge);
   c.table_descs_ = static_cast<uint16_t>(count);
+  return {};
+}
+
+template <bool InOrder>
+Result<bool> SplitQueue::pop_impl(Chain& c) {
+  if (last_avail_ == shadow_avail_) {
+    // Acquire: the ring entries and descriptors the driver wrote before it
+    // published this index are visible after the load.
+    shadow_avail_ = load_acquire<uint16_t>(avail_ + kAvailIdxOff);
+    uint16_t ahead = static_cast<uint16_t>(shadow_avail_ - last_avail_);
+    if (ahead > size_) return fail(Errc::kAvailIndexTooFar);
+    if (ahead == 0) return false;
+  }
+  uint16_t head;
+  if constexpr (InOrder) {
+    if (head_known_) [[likely]] {
+      head = next_avail_head_;  // derived, not read (the avail index still is)
+    } else {
+      head = load_relaxed<uint16_t>(avail_ + avail_entry_off(last_avail_ & mask_));
+      if (head >= size_) return fail(Errc::kHeadOutOfRange);
+      next_avail_head_ = head;
+      head_known_ = true;
+    }
+  } else {
+    head = load_relaxed<uint16_t>(avail_ + avail_entry_off(last_avail_ & mask_));
+    if (head >= size_) return fail(Errc::kHeadOutOfRange);
+  }
+  if (Status w = walk_chain(head, c); !w.ok()) return w.error();
+  uint32_t count = c.table_descs_;
   ++last_avail_;
   if constexpr (InOrder) next_avail_head_ = static_cast<uint16_t>((next_avail_head_ + count) & mask_);
   ++stats_.popped;
@@ -302,6 +321,15 @@ bool SplitQueue::has_available() noexcept {
     return false;
   }
   return ahead != 0;
+}
+
+Result<bool> SplitQueue::pop_head(uint16_t head, Chain& c) {
+  if (broken()) return broken_;
+  if (!running()) return Errc::kQueueNotReady;
+  if (head >= size_) return fail(Errc::kHeadOutOfRange);
+  if (Status w = walk_chain(head, c); !w.ok()) return w.error();
+  ++stats_.popped;
+  return true;
 }
 
 template Result<bool> SplitQueue::pop_impl<true>(Chain&);

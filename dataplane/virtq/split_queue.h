@@ -78,6 +78,15 @@ class alignas(64) SplitQueue {
   // SET_VRING_BASE: next avail index to read; the used index starts there too
   // (split ring: the device's used index equals last_avail when idle).
   void set_base(uint16_t last_avail_idx);
+  // Sets the avail and used cursors separately (inflight recovery: requests
+  // between the two are being resubmitted by head).
+  void set_indices(uint16_t last_avail_idx, uint16_t used_idx);
+  // The used index and a used element's id as they are in guest memory.
+  uint16_t ring_used_idx() const noexcept;
+  uint32_t ring_used_id(uint16_t slot_idx) const noexcept;
+  // Parses the chain at `head` without touching the avail cursor (inflight
+  // resubmission). Errors break the queue, as for pop().
+  Result<bool> pop_head(uint16_t head, Chain& c);
   // GET_VRING_BASE: publishes any pending completions first (the base must
   // agree with what the driver has seen), then returns last_avail. The queue
   // stops: pop() refuses until it is attached again.
@@ -150,6 +159,7 @@ class alignas(64) SplitQueue {
  private:
   template <bool InOrder>
   Result<bool> pop_impl(Chain& c);
+  Status walk_chain(uint16_t head, Chain& c);
   void push_in_order(uint16_t head, uint32_t len) noexcept;
   Errc walk_indirect(const Desc& d, Chain& c, bool& seen_write);
   Errc add_buffer(const Desc& d, Chain& c, bool& seen_write);

@@ -11,6 +11,7 @@
 
 #include "tests/support/mock_guest.h"
 #include "tests/support/vhost_frontend.h"
+#include "dataplane/virtq/inflight.h"
 #include "vhost/session.h"
 
 namespace sluice::vhost {
@@ -315,6 +316,37 @@ TEST(VhostSession, StatusAndResetDevice) {
   EXPECT_FALSE(r.session.queue_running(0));
   EXPECT_GE(r.dev.resets, 1);
   EXPECT_EQ(r.get_u64(Request::kGetStatus), 0u);
+}
+
+TEST(VhostSession, InflightRegion) {
+  Rig r;
+  r.negotiate();
+  ASSERT_TRUE(r.fe.send_struct(Request::kGetInflightFd, Inflight{0, 0, 2, 16, 0}).ok());
+  r.pump();
+  Message m = r.reply();
+  auto in = m.as<Inflight>();
+  EXPECT_EQ(in.mmap_size, 2 * virtq::inflight_queue_bytes(16));
+  EXPECT_EQ(in.num_queues, 2);
+  ASSERT_EQ(m.fds.size(), 1u);
+  int fd = m.fds[0].get();
+  // Handing it back (what QEMU does after a reconnect) is accepted...
+  EXPECT_EQ(r.acked(Request::kSetInflightFd, in, std::span(&fd, 1)), 0u);
+  // ...but not with sizes that do not match, more queues than the device has,
+  // or a region past the end of the file.
+  Inflight bad = in;
+  bad.mmap_size += 64;
+  EXPECT_EQ(r.acked(Request::kSetInflightFd, bad, std::span(&fd, 1)), 1u);
+  bad = in;
+  bad.num_queues = 5;
+  EXPECT_EQ(r.acked(Request::kSetInflightFd, bad, std::span(&fd, 1)), 1u);
+  bad = in;
+  bad.mmap_offset = 4096;
+  EXPECT_EQ(r.acked(Request::kSetInflightFd, bad, std::span(&fd, 1)), 1u);
+  // GET_INFLIGHT_FD has its own reply: a refusal ends the session.
+  ASSERT_TRUE(r.fe.send_struct(Request::kGetInflightFd, Inflight{0, 0, 1, 100, 0}).ok());
+  Response resp = r.pump();
+  EXPECT_TRUE(resp.close);
+  EXPECT_EQ(resp.error, Errc::kQueueBadSize);  // 100 is not a power of two
 }
 
 // --- malformed messages. With REPLY_ACK the refusal is an ack of 1 and the
