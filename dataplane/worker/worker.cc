@@ -49,14 +49,18 @@ void Worker::stop() {
   ring_ok_ = false;
 }
 
-void Worker::attach(Pollable* p) {
-  Cmd c{true, p};
+void Worker::post(Cmd& c) {
   std::unique_lock lk(cmd_mu_);
   cmds_.push_back(&c);
   cmd_pending_.store(true, std::memory_order_release);
   uint64_t one = 1;
-  (void)!::write(cmd_efd_.get(), &one, sizeof one);
+  (void)!::write(cmd_efd_.get(), &one, sizeof one);  // wakes a sleeping worker
   cmd_cv_.wait(lk, [&] { return c.done; });
+}
+
+void Worker::attach(Pollable* p) {
+  Cmd c{true, p};
+  post(c);
 }
 
 void Worker::sync() {
@@ -66,12 +70,7 @@ void Worker::sync() {
 
 void Worker::detach(Pollable* p) {
   Cmd c{false, p};
-  std::unique_lock lk(cmd_mu_);
-  cmds_.push_back(&c);
-  cmd_pending_.store(true, std::memory_order_release);
-  uint64_t one = 1;
-  (void)!::write(cmd_efd_.get(), &one, sizeof one);
-  cmd_cv_.wait(lk, [&] { return c.done; });
+  post(c);
 }
 
 io_uring_sqe* Worker::get_sqe() {

@@ -107,6 +107,7 @@ class Worker {
   };
 
   void run();
+  void post(Cmd& c);  // control thread: queue a command, wait for its acknowledgement
   void handle_commands();
   void reap();
   void end_burst();
