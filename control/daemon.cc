@@ -181,6 +181,7 @@ void Daemon::add_blk(const BlkSpec& spec) {
   o.queue_size = spec.queue_size;
   o.serial = spec.serial;
   o.null_backend = spec.null_backend;
+  o.direct = spec.direct;
   auto dev = blk::BlkDevice::open(o, ws);
   if (!dev.ok()) throw std::runtime_error("cannot open " + spec.file + ": " + err_text(dev.error()));
   auto e = std::make_unique<BlkExport>(*this, spec, std::move(dev.value()));

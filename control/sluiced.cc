@@ -31,6 +31,7 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
                       ro              read-only export
                       serial=TEXT     disk serial (GET_ID), up to 20 characters
                       queue-size=N    largest ring accepted, 2..1024 (default 256)
+                      direct=on|off   O_DIRECT where the file and request allow it (default on)
                       null            no file: requests complete at once (with size=),
                                       for measuring the data path (like QEMU's null-co)
                     e.g. --blk id=vm1,path=/run/sluice/vm1.sock,file=/srv/vm1.img,queues=2,size=8G

@@ -98,6 +98,9 @@ BlkSpec parse_blk_spec(const std::string& text) {
       if (s.queues == 0) throw SpecError("queues: at least 1");
     } else if (key == "size") {
       s.size = parse_size(val);
+    } else if (key == "direct") {
+      if (val != "on" && val != "off") throw SpecError("direct: on or off");
+      s.direct = val == "on";
     } else if (key == "serial") {
       if (val.size() > 20) throw SpecError("serial: at most 20 characters");
       s.serial = val;
@@ -106,7 +109,7 @@ BlkSpec parse_blk_spec(const std::string& text) {
       if (s.queue_size < 2 || (s.queue_size & (s.queue_size - 1)))
         throw SpecError("queue-size: a power of two, 2..1024");
     } else {
-      throw SpecError("unknown key '" + key + "' (id, path, file, queues, ro, size, serial, queue-size, null)");
+      throw SpecError("unknown key '" + key + "' (id, path, file, queues, ro, size, serial, queue-size, direct, null)");
     }
   }
   if (!have_path) throw SpecError("path= is required (the vhost-user socket to create)");

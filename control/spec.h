@@ -19,6 +19,7 @@ struct BlkSpec {
   std::string serial;   // GET_ID; defaults to the id
   uint16_t queue_size = 256;
   bool null_backend = false;  // "null": no file, requests complete at once (needs size)
+  bool direct = true;         // use O_DIRECT where the file and the request allow it
 };
 
 // Thrown for a malformed spec; what() says which key and why.

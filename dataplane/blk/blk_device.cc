@@ -4,7 +4,9 @@
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -137,18 +139,22 @@ class BlkQueue final : public Pollable {
     switch (s.req.type) {
       case kTIn:
       case kTOut: {
-        io_uring_sqe* sqe = w.get_sqe();
         int fd = pick_fd(s.req);
         uint64_t off = s.req.sector * kSectorSize;
+        s.used_len = s.req.type == kTIn ? static_cast<uint32_t>(s.req.data_len) + 1 : 1;
+        (s.req.type == kTIn ? st_.read_bytes : st_.write_bytes)
+            .fetch_add(s.req.data_len, std::memory_order_relaxed);
+        if (try_inline(fd, s.req, off)) {
+          finish(idx, kSOk);
+          return;
+        }
+        io_uring_sqe* sqe = w.get_sqe();
         if (s.req.type == kTIn)
           io_uring_prep_readv(sqe, fd, s.req.iov, s.req.iovcnt, off);
         else
           io_uring_prep_writev(sqe, fd, s.req.iov, s.req.iovcnt, off);
         io_uring_sqe_set_data(sqe, &s.ops[0]);
         s.pending = 1;
-        s.used_len = s.req.type == kTIn ? static_cast<uint32_t>(s.req.data_len) + 1 : 1;
-        (s.req.type == kTIn ? st_.read_bytes : st_.write_bytes)
-            .fetch_add(s.req.data_len, std::memory_order_relaxed);
         return;
       }
       case kTFlush: {
@@ -203,6 +209,22 @@ class BlkQueue final : public Pollable {
     io_uring_sqe_set_data(sqe, &s.ops[seg]);
   }
 
+  // Buffered I/O whose data is in the page cache is a copy: do it here with
+  // RWF_NOWAIT instead of handing it to io_uring, which would complete it in
+  // one of its worker threads when the file system (tmpfs) cannot do it
+  // inline. Anything that would block, or comes back short, goes to io_uring
+  // whole (repeating a read or the same write is harmless).
+  bool try_inline(int fd, const Request& r, uint64_t off) {
+    if (fd != dev_.fd_.get() || !inline_ok_) return false;
+    int flags = dev_.memory_backed_ ? 0 : RWF_NOWAIT;
+    ssize_t n = r.type == kTIn ? ::preadv2(fd, r.iov, static_cast<int>(r.iovcnt),
+                                           static_cast<off_t>(off), flags)
+                               : ::pwritev2(fd, r.iov, static_cast<int>(r.iovcnt),
+                                            static_cast<off_t>(off), flags);
+    if (n < 0 && errno == EOPNOTSUPP) inline_ok_ = false;  // this file never can
+    return n >= 0 && static_cast<uint64_t>(n) == r.data_len;
+  }
+
   // O_DIRECT when the file allows it and the request is aligned for it.
   int pick_fd(const Request& r) const {
     if (!dev_.direct_fd_.valid() || (r.sector * kSectorSize) % kDirectAlign) return dev_.fd_.get();
@@ -244,6 +266,7 @@ class BlkQueue final : public Pollable {
   bool dirty_ = false;
   bool quiescing_ = false;
   bool reported_broken_ = false;
+  bool inline_ok_ = true;
 };
 
 Result<std::unique_ptr<BlkDevice>> BlkDevice::open(const BlkOptions& opts,
@@ -275,7 +298,12 @@ Result<std::unique_ptr<BlkDevice>> BlkDevice::open(const BlkOptions& opts,
       return Error::from_errno(errno);
     bytes = opts.size;  // sparse
   }
-  if (opts.direct) {
+  struct statfs sfs{};
+  if (::fstatfs(d->fd_.get(), &sfs) == 0 && (static_cast<uint64_t>(sfs.f_type) == TMPFS_MAGIC ||
+                                             static_cast<uint64_t>(sfs.f_type) == RAMFS_MAGIC))
+    d->memory_backed_ = true;
+  // On memory file systems O_DIRECT is the same copy by a longer road.
+  if (opts.direct && !d->memory_backed_) {
     d->direct_fd_.reset(::open(opts.file.c_str(), (flags & ~O_CREAT) | O_DIRECT));
     // tmpfs and some others refuse O_DIRECT: buffered I/O only, then.
   }

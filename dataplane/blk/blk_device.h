@@ -114,6 +114,7 @@ class BlkDevice : public VirtioDevice {
   DiskLimits limits_{};
   uint64_t driver_features_ = 0;
   std::atomic<bool> zero_range_unsupported_{false};
+  bool memory_backed_ = false;  // tmpfs/ramfs: buffered I/O is a copy that never waits on a device
   std::vector<Worker*> workers_;
   std::vector<std::unique_ptr<BlkQueue>> queues_;
   std::vector<std::unique_ptr<BlkQueueStats>> stats_;

@@ -1,6 +1,7 @@
 // virtio-blk over io_uring, end to end in process: a mock driver's requests go
 // through a real worker to a real file and back.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -22,17 +23,20 @@ namespace {
 using virtq::DriverBuf;
 using virtq::UsedBuf;
 
-std::string temp_path() {
-  char tmpl[] = "/tmp/sluice-blk-XXXXXX";
-  int fd = ::mkstemp(tmpl);
+std::string temp_path(const char* dir = "/tmp") {
+  std::string p = std::string(dir) + "/sluice-blk-XXXXXX";
+  std::vector<char> tmpl(p.begin(), p.end());
+  tmpl.push_back('\0');
+  int fd = ::mkstemp(tmpl.data());
   EXPECT_GE(fd, 0);
   ::close(fd);
-  ::unlink(tmpl);
-  return tmpl;
+  ::unlink(tmpl.data());
+  return tmpl.data();
 }
 
 struct Rig {
-  std::string path = temp_path();
+  static inline const char* dir = "/tmp";  // tests may switch to a memory file system
+  std::string path = temp_path(dir);
   Worker worker{WorkerOptions{.name = "t", .poll_us = 200}};
   std::unique_ptr<BlkDevice> dev;
   test::MockGuest g{{{0x100000, 32u << 20}}};
@@ -134,6 +138,31 @@ TEST(BlkDevice, WriteThenReadBackThroughTheFile) {
   EXPECT_EQ(std::memcmp(r.g.host(in), pat.data(), pat.size()), 0);
   EXPECT_EQ(r.dev->stats(0).requests.load(), 2u);
   EXPECT_EQ(r.dev->stats(0).write_bytes.load(), 8192u);
+}
+
+TEST(BlkDevice, MemoryFileSystemCopiesInline) {
+  // tmpfs: no O_DIRECT (pointless there) and reads/writes done inline by the
+  // worker instead of by io_uring's threads. Same results expected.
+  struct stat st{};
+  if (::stat("/dev/shm", &st) != 0) GTEST_SKIP() << "no /dev/shm";
+  Rig::dir = "/dev/shm";
+  {
+    Rig r;
+    EXPECT_FALSE(r.dev->direct_io());
+    uint64_t out = r.g.alloc(4096, 4096), in = r.g.alloc(4096, 4096);
+    r.g.fill(out, 4096, 0x3c);
+    uint64_t st1 = r.add(kTOut, 8, out, 4096);
+    r.kick();
+    r.wait(1);
+    uint64_t st2 = r.add(kTIn, 8, in, 4096);
+    r.kick();
+    r.wait(1);
+    EXPECT_EQ(r.status(st1), kSOk);
+    EXPECT_EQ(r.status(st2), kSOk);
+    EXPECT_EQ(std::memcmp(r.g.host(in), r.g.host(out), 4096), 0);
+    EXPECT_EQ(r.file_bytes(8 * 512, 4096), std::vector<uint8_t>(4096, 0x3c));
+  }
+  Rig::dir = "/tmp";
 }
 
 TEST(BlkDevice, FlushGetIdDiscardWriteZeroes) {
