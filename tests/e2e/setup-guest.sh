@@ -5,7 +5,7 @@
 # Idempotent: a prepared directory is reused. Usage: setup-guest.sh DIR
 # Exit 77 (skip) when the tools cannot be had.
 set -euo pipefail
-DIR=${1:?usage: setup-guest.sh DIR}
+DIR=$(realpath -m "${1:?usage: setup-guest.sh DIR}")
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$DIR"
 for tool in qemu-system-x86_64 busybox cpio depmod modprobe xz; do
@@ -35,12 +35,12 @@ if [ ! -s "$DIR/vmlinux" ] || [ ! -d "$DIR/kernel/lib/modules" ]; then
 fi
 
 # The initramfs is rebuilt whenever a guest-side file changed.
-stamp=$(cat "$HERE"/guest/* | md5sum | cut -d' ' -f1)
+stamp=$(cat "$0" "$HERE"/guest/* "$HERE"/guest-src/* | md5sum | cut -d' ' -f1)
 if [ ! -s "$DIR/initrd.cpio" ] || [ "$(cat "$DIR/initrd.stamp" 2>/dev/null)" != "$stamp" ]; then
   kv=$(ls "$DIR/kernel/lib/modules" | head -1)
   root=$(mktemp -d "$DIR/initrd.XXXXXX")
   trap 'rm -rf "$root"' EXIT
-  mkdir -p "$root"/{bin,dev,proc,sys,tmp,run,mnt,etc,tests,lib/modules/$kv}
+  mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,mnt,etc,tests,lib/modules/$kv}
   cp "$(command -v busybox)" "$root/bin/busybox"
   ln -s busybox "$root/bin/sh"
   for m in virtio_pci virtio_blk virtio_net; do
@@ -54,6 +54,10 @@ if [ ! -s "$DIR/initrd.cpio" ] || [ "$(cat "$DIR/initrd.stamp" 2>/dev/null)" != 
   depmod -b "$root" "$kv"
   cp "$HERE/guest/init" "$root/init"
   for t in "$HERE"/guest/*.sh; do cp "$t" "$root/tests/"; done
+  # The benchmark's load generator: static, so it needs nothing in the guest.
+  if command -v gcc >/dev/null; then
+    gcc -O2 -static -pthread -o "$root/bin/loadgen" "$HERE/guest-src/loadgen.c"
+  fi
   chmod +x "$root/init" "$root"/tests/*.sh
   (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) > "$DIR/initrd.cpio"
   echo "$stamp" > "$DIR/initrd.stamp"
