@@ -19,9 +19,9 @@ trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$W"; [ -z "${SLUICE_BENCH_FILE:-}
 truncate -s 1G "$IMG"
 dd if=/dev/urandom of="$IMG" bs=1M count=1024 conv=notrunc status=none  # real data, no holes
 
-start_sluice() {  # start_sluice file|null
+start_sluice() {  # start_sluice file|null QUEUES
   local b="file=$IMG"; [ "$1" = null ] && b="null,size=1G"
-  "$B/control/sluiced" --no-api --log-level warn --blk "id=b,path=$W/s.sock,$b,queues=1" &
+  "$B/control/sluiced" --no-api --log-level warn --blk "id=b,path=$W/s.sock,$b,queues=$2" &
   PID=$!
   SOCK=$W/s.sock
 }
@@ -29,22 +29,23 @@ start_qsd() {
   local b="driver=file,node-name=f0,filename=$IMG,aio=io_uring"
   [ "$1" = null ] && b="driver=null-co,node-name=f0,size=1073741824"
   qemu-storage-daemon --blockdev "$b" \
-    --export "type=vhost-user-blk,id=e0,addr.type=unix,addr.path=$W/q.sock,node-name=f0,writable=on,num-queues=1" &
+    --export "type=vhost-user-blk,id=e0,addr.type=unix,addr.path=$W/q.sock,node-name=f0,writable=on,num-queues=$2" &
   PID=$!
   SOCK=$W/q.sock
 }
 stop() { kill -TERM $PID; wait $PID 2>/dev/null || true; rm -f "$SOCK"; }
 
-CONFIGS=("file randread 4096 1" "file randread 4096 32" "file randwrite 4096 32" "file read 1048576 4"
-         "null randread 4096 1" "null randread 4096 32")
+# backend rw bs qd queues
+CONFIGS=("file randread 4096 1 1" "file randread 4096 32 1" "file randwrite 4096 32 1" "file read 1048576 4 1"
+         "file randread 4096 32 2" "null randread 4096 1 1" "null randread 4096 32 1" "null randread 4096 32 2")
 declare -A R
 for round in $(seq 1 "$ROUNDS"); do
   for cfg in "${CONFIGS[@]}"; do
     set -- $cfg
     for who in sluice qsd; do
-      start_$who "$1"
+      start_$who "$1" "$5"
       for _ in $(seq 1 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
-      out=$("$B/bench/sluice-blkbench" --socket "$SOCK" --rw "$2" --bs "$3" --qd "$4" --seconds "$SECS")
+      out=$("$B/bench/sluice-blkbench" --socket "$SOCK" --rw "$2" --bs "$3" --qd "$4" --queues "$5" --seconds "$SECS")
       stop
       iops=$(sed -n 's/.*: \([0-9]*\) IOPS.*/\1/p' <<<"$out")
       p50=$(sed -n 's/.*p50 \([0-9.]*\).*/\1/p' <<<"$out")
@@ -58,7 +59,7 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
 echo "Medians over $ROUNDS alternating rounds, ${SECS}s each, $(date -u +%F):"
- printf "%-26s %12s %12s %8s %12s %12s\n" "backend rw bs qd" "sluice IOPS" "qsd IOPS" "ratio" "sluice p50us" "qsd p50us"
+ printf "%-26s %12s %12s %8s %12s %12s\n" "backend rw bs qd queues" "sluice IOPS" "qsd IOPS" "ratio" "sluice p50us" "qsd p50us"
 for cfg in "${CONFIGS[@]}"; do
   si=$(echo ${R["$cfg|sluice|iops"]} | median); qi=$(echo ${R["$cfg|qsd|iops"]} | median)
   sp=$(echo ${R["$cfg|sluice|p50"]} | median); qp=$(echo ${R["$cfg|qsd|p50"]} | median)
