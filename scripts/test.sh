@@ -66,6 +66,26 @@ ASAN_OPTIONS=detect_leaks=1 \
 run_suite "unit tests under ASan+UBSan" build-asan -Dwerror=true -Dbench=false \
   -Db_sanitize=address,undefined -Db_lundef=false
 
+# The tests where threads meet (worker <-> control thread) under TSan.
+echo "== worker and device tests under ThreadSanitizer =="
+if setup build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Ddaemon=false -Dwerror=true \
+     -Dcpp_args=-Wno-tsan &&
+   ninja -C build-tsan -j "$JOBS" tests/unit/blk_device_test tests/unit/vhost_test >build-tsan.build.log 2>&1; then
+  for t in blk_device_test vhost_test; do
+    out=$(TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/unit/$t 2>&1); rc=$?
+    p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' <<<"$out")
+    f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' <<<"$out")
+    if [ $rc -eq 0 ]; then
+      echo "$t: ok (${p:-0} tests)"; passed=$((passed + ${p:-0}))
+    else
+      echo "$t: FAILED under TSan"; grep -A30 -E 'ThreadSanitizer|Failure' <<<"$out" | head -60
+      failed=$((failed + ${f:-1}))
+    fi
+  done
+else
+  echo "tsan build failed"; tail -30 build-tsan.build.log; failed=$((failed + 1))
+fi
+
 echo "== fuzzing (libFuzzer, ${FUZZ_SECONDS}s per target) =="
 if CXX=clang++ setup build-fuzz -Dfuzz=true -Dtests=false -Dbench=false -Dwerror=true \
      -Db_sanitize=address,undefined -Db_lundef=false &&

@@ -31,8 +31,11 @@ void log_message(LogLevel level, const char* component, const char* fmt, ...) no
   char buf[1024];
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
-  int n = std::snprintf(buf, sizeof buf, "%lld.%03ld %s %s: ",
-                        static_cast<long long>(ts.tv_sec), ts.tv_nsec / 1000000,
+  tm t{};
+  gmtime_r(&ts.tv_sec, &t);
+  char when[32];
+  std::strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &t);
+  int n = std::snprintf(buf, sizeof buf, "%s.%03ldZ %s %s: ", when, ts.tv_nsec / 1000000,
                         level_tag(level), component);
   if (n < 0) return;
   size_t used = static_cast<size_t>(n) < sizeof buf ? static_cast<size_t>(n) : sizeof buf - 1;
