@@ -131,7 +131,8 @@ int main(int argc, char** argv) {
   uint64_t offered = c.call(Request::kGetFeatures).as<uint64_t>();
   uint64_t want = (1ull << virtq::kFVersion1) | (1ull << virtq::kFEventIdx) | (1ull << 12 /* MQ */) |
                   (1ull << kFProtocolFeatures);
-  c.send(Request::kSetFeatures, &(want = want & offered), 8);
+  want &= offered;
+  c.send(Request::kSetFeatures, &want, 8);
   if (offered >> kFProtocolFeatures & 1) {
     uint64_t p = c.call(Request::kGetProtocolFeatures).as<uint64_t>();
     c.pf = p & ((1ull << kPfReplyAck) | (1ull << kPfMq) | (1ull << kPfConfig));
