@@ -48,7 +48,6 @@ void Session::disconnect() {
   device_.reset();
   memory_.clear();
   features_ = protocol_features_ = 0;
-  owner_ = false;
   status_ = 0;
 }
 
@@ -116,8 +115,7 @@ Status Session::dispatch(Message& m, Response& r) {
       return {};
     }
     case Request::kSetOwner:
-      owner_ = true;
-      return {};
+      return {};  // one front-end per session: ownership is the connection itself
     case Request::kResetOwner:
     case Request::kResetDevice:
       reset_rings();
