@@ -1,0 +1,122 @@
+// control/: the --blk spec syntax and the JSON-RPC handler, including every
+// error code a client can provoke.
+#include <unistd.h>
+
+#include <boost/json.hpp>
+
+#include <gtest/gtest.h>
+
+#include "control/daemon.h"
+#include "control/spec.h"
+
+namespace sluice::control {
+namespace {
+
+namespace json = boost::json;
+
+TEST(BlkSpec, ParsesEveryKey) {
+  BlkSpec s = parse_blk_spec(
+      "id=vm1,path=/run/sluice/vm1.sock,file=/srv/vm1.img,queues=2,ro,size=8G,serial=abc,queue-size=128,direct=off");
+  EXPECT_EQ(s.id, "vm1");
+  EXPECT_EQ(s.path, "/run/sluice/vm1.sock");
+  EXPECT_EQ(s.file, "/srv/vm1.img");
+  EXPECT_EQ(s.queues, 2);
+  EXPECT_TRUE(s.read_only);
+  EXPECT_EQ(s.size, 8ull << 30);
+  EXPECT_EQ(s.serial, "abc");
+  EXPECT_EQ(s.queue_size, 128);
+  EXPECT_FALSE(s.direct);
+}
+
+TEST(BlkSpec, DefaultsIdFromSocketName) {
+  BlkSpec s = parse_blk_spec("path=/tmp/disk7.sock,file=/tmp/x");
+  EXPECT_EQ(s.id, "disk7");
+  EXPECT_EQ(s.serial, "disk7");
+  EXPECT_EQ(s.queues, 1);
+  EXPECT_FALSE(s.read_only);
+}
+
+TEST(BlkSpec, NullBackend) {
+  BlkSpec s = parse_blk_spec("path=/tmp/n.sock,null,size=1G");
+  EXPECT_TRUE(s.null_backend);
+  EXPECT_THROW(parse_blk_spec("path=/tmp/n.sock,null"), SpecError);              // needs size
+  EXPECT_THROW(parse_blk_spec("path=/tmp/n.sock,null,size=1G,file=/x"), SpecError);  // not both
+}
+
+TEST(BlkSpec, Refusals) {
+  for (const char* bad : {
+           "file=/x",                                   // no path
+           "path=/tmp/a.sock",                          // no file
+           "path=/tmp/a.sock,file=/x,queues=0",         // zero queues
+           "path=/tmp/a.sock,file=/x,queues=65",        // too many
+           "path=/tmp/a.sock,file=/x,queues=two",       // not a number
+           "path=/tmp/a.sock,file=/x,size=0",           // zero size
+           "path=/tmp/a.sock,file=/x,size=12Q",         // unknown unit
+           "path=/tmp/a.sock,file=/x,size=99999999999T",  // overflow
+           "path=/tmp/a.sock,file=/x,queue-size=100",   // not a power of two
+           "path=/tmp/a.sock,file=/x,serial=123456789012345678901",  // 21 chars
+           "path=/tmp/a.sock,file=/x,bogus=1",          // unknown key
+           "path=/tmp/a.sock,file=/x,id=a/b",           // bad id
+           "path=/tmp/a.sock,file=/x,direct=maybe",
+           "path=/tmp/a.sock,file=/x,ro=perhaps",
+           "path=/tmp/a.sock,file=/x,novalue",
+       }) {
+    EXPECT_THROW(parse_blk_spec(bad), SpecError) << bad;
+  }
+  std::string long_path = "path=/" + std::string(120, 'x') + ",file=/x";
+  EXPECT_THROW(parse_blk_spec(long_path), SpecError);
+}
+
+TEST(Size, UnitsAndFormatting) {
+  EXPECT_EQ(parse_size("4096"), 4096u);
+  EXPECT_EQ(parse_size("512M"), 512ull << 20);
+  EXPECT_EQ(parse_size("1t"), 1ull << 40);
+  EXPECT_EQ(format_size(1ull << 30), "1 GiB");
+  EXPECT_EQ(format_size(1536), "1.5 KiB");
+}
+
+int rpc_code(Daemon& d, const std::string& req) {
+  json::value v = json::parse(handle_rpc(d, req));
+  auto* e = v.as_object().if_contains("error");
+  return e ? static_cast<int>(e->as_object().at("code").as_int64()) : 0;
+}
+
+TEST(Rpc, ErrorsAreAnsweredNeverFatal) {
+  Daemon d(DaemonOptions{});
+  EXPECT_EQ(rpc_code(d, "{not json"), -32700);
+  EXPECT_EQ(rpc_code(d, "[1,2]"), -32600);
+  EXPECT_EQ(rpc_code(d, R"({"jsonrpc":"2.0","id":1})"), -32600);                    // no method
+  EXPECT_EQ(rpc_code(d, R"({"jsonrpc":"2.0","id":1,"method":7})"), -32600);         // method not a string
+  EXPECT_EQ(rpc_code(d, R"({"jsonrpc":"2.0","id":1,"method":"fly"})"), -32601);
+  EXPECT_EQ(rpc_code(d, R"({"jsonrpc":"2.0","id":1,"method":"list","params":[1]})"), -32602);
+  EXPECT_EQ(rpc_code(d, R"({"jsonrpc":"2.0","id":1,"method":"remove","params":{}})"), -32602);
+  EXPECT_EQ(rpc_code(d, R"({"jsonrpc":"2.0","id":1,"method":"remove","params":{"id":5}})"), -32602);
+  EXPECT_EQ(rpc_code(d, R"({"jsonrpc":"2.0","id":1,"method":"add-blk","params":{"spec":"file=/x"}})"), -32602);
+  EXPECT_EQ(rpc_code(d, R"({"jsonrpc":"2.0","id":1,"method":"remove","params":{"id":"nope"}})"), -32000);
+  EXPECT_EQ(rpc_code(d, R"({"jsonrpc":"2.0","id":1,"method":"stats","params":{"id":"nope"}})"), -32000);
+  // And it still answers.
+  json::value ok = json::parse(handle_rpc(d, R"({"jsonrpc":"2.0","id":"x","method":"list"})"));
+  EXPECT_TRUE(ok.as_object().at("result").as_array().empty());
+  EXPECT_EQ(ok.as_object().at("id").as_string(), "x");
+  // A notification gets no response at all.
+  EXPECT_TRUE(handle_rpc(d, R"({"jsonrpc":"2.0","method":"list"})").empty());
+}
+
+TEST(Rpc, AddListStatsRemove) {
+  char dir[] = "/tmp/sluice-ctl-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  std::string base = dir;
+  DaemonOptions o;
+  Daemon d(o);
+  // Workers are started by run(); without them add-blk must fail cleanly.
+  std::string req = R"({"jsonrpc":"2.0","id":1,"method":"add-blk","params":{"spec":"path=)" + base +
+                    R"(/a.sock,file=)" + base + R"(/a.img,size=1M"}})";
+  EXPECT_EQ(rpc_code(d, req), -32000);
+  json::value l = json::parse(handle_rpc(d, R"({"jsonrpc":"2.0","id":1,"method":"list"})"));
+  EXPECT_TRUE(l.as_object().at("result").as_array().empty());  // nothing half-added
+  ::unlink((base + "/a.img").c_str());
+  ::rmdir(dir);
+}
+
+}  // namespace
+}  // namespace sluice::control
