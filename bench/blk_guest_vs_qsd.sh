@@ -7,6 +7,7 @@
 # (blk_vs_qsd.sh) shows the back-ends themselves.
 # usage: bench/blk_guest_vs_qsd.sh BUILD_DIR [ROUNDS] [SECONDS]
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 B=${1:?usage: blk_guest_vs_qsd.sh BUILD_DIR [ROUNDS] [SECONDS]}
 ROUNDS=${2:-3}
 SECS=${3:-3}
@@ -30,7 +31,7 @@ for round in $(seq 1 "$ROUNDS"); do
       qemu-storage-daemon --blockdev "driver=file,node-name=f0,filename=$IMG,aio=io_uring" \
         --export "type=vhost-user-blk,id=e0,addr.type=unix,addr.path=$W/sock,node-name=f0,writable=on" & PID=$!
     fi
-    for _ in $(seq 1 50); do [ -S "$W/sock" ] && break; sleep 0.1; done
+    wait_socket "$W/sock" || true
     timeout 300 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 512M -nographic -no-reboot -nic none \
       -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
       -chardev socket,id=c0,path="$W/sock" -device vhost-user-blk-pci,chardev=c0,num-queues=1 \
@@ -46,7 +47,6 @@ for round in $(seq 1 "$ROUNDS"); do
     done < <(grep -a '^LOADGEN' "$W/console.log" | tr -d '\r')
   done
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
 echo "Guest (TCG, 2 vCPUs) medians over $ROUNDS alternating rounds, ${SECS}s each, $(date -u +%F):"
 printf "%-28s %12s %12s %8s %14s %14s\n" "rw bs qd" "sluice IOPS" "qsd IOPS" "ratio" "sluice lat us" "qsd lat us"
@@ -54,5 +54,5 @@ for key in "randread bs=4096 qd=1:" "randread bs=4096 qd=32:" "read bs=1048576 q
   si=$(echo ${R["$key|sluice"]:-0} | median); qi=$(echo ${R["$key|qsd"]:-0} | median)
   sl=$(echo ${R["$key|sluice|lat"]:-0} | median); ql=$(echo ${R["$key|qsd|lat"]:-0} | median)
   printf "%-28s %12.0f %12.0f %7.2fx %14.1f %14.1f\n" "$key" "$si" "$qi" \
-    "$(awk -v a="$si" -v b="$qi" 'BEGIN{print (b>0 ? a/b : 0)}')" "$sl" "$ql"
+    "$(ratio "$si" "$qi")" "$sl" "$ql"
 done

@@ -9,6 +9,7 @@
 # QEMU's null-co) that measures the data path without the copy.
 # qemu-storage-daemon runs with aio=io_uring, its fastest setting here.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 B=${1:?usage: blk_vs_qsd.sh BUILD_DIR [ROUNDS] [SECONDS]}
 ROUNDS=${2:-5}
 SECS=${3:-3}
@@ -44,7 +45,7 @@ for round in $(seq 1 "$ROUNDS"); do
     set -- $cfg
     for who in sluice qsd; do
       start_$who "$1" "$5"
-      for _ in $(seq 1 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
+      wait_socket "$SOCK" || true
       out=$("$B/bench/sluice-blkbench" --socket "$SOCK" --rw "$2" --bs "$3" --qd "$4" --queues "$5" --seconds "$SECS")
       stop
       iops=$(sed -n 's/.*: \([0-9]*\) IOPS.*/\1/p' <<<"$out")
@@ -56,12 +57,11 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo
 echo "Medians over $ROUNDS alternating rounds, ${SECS}s each, $(date -u +%F):"
  printf "%-26s %12s %12s %8s %12s %12s\n" "backend rw bs qd queues" "sluice IOPS" "qsd IOPS" "ratio" "sluice p50us" "qsd p50us"
 for cfg in "${CONFIGS[@]}"; do
   si=$(echo ${R["$cfg|sluice|iops"]} | median); qi=$(echo ${R["$cfg|qsd|iops"]} | median)
   sp=$(echo ${R["$cfg|sluice|p50"]} | median); qp=$(echo ${R["$cfg|qsd|p50"]} | median)
-  printf "%-26s %12.0f %12.0f %7.2fx %12.1f %12.1f\n" "$cfg" "$si" "$qi" "$(awk -v a="$si" -v b="$qi" 'BEGIN{print a/b}')" "$sp" "$qp"
+  printf "%-26s %12.0f %12.0f %7.2fx %12.1f %12.1f\n" "$cfg" "$si" "$qi" "$(ratio "$si" "$qi")" "$sp" "$qp"
 done

@@ -66,12 +66,8 @@ class MemoryTable {
   // when gpa is not mapped at all. Translate with a shrinking length, then
   // loop (STYLE.md rule 3).
   std::byte* translate(uint64_t gpa, uint64_t* len) const noexcept {
-    const GuestRegion* r = find(gpa);
-    if (r == nullptr) return nullptr;
-    uint64_t off = gpa - r->guest_phys;
-    uint64_t room = r->size - off;
-    if (*len > room) *len = room;
-    return r->host + off;
+    const GuestRegion* hint = no_region();  // no caller hint: the table's own last hit
+    return translate(gpa, len, hint);
   }
   // The same with a caller-held last-hit hint (a queue keeps one, so workers
   // never write shared state on lookup). `hint` must start as no_region() or

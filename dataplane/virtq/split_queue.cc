@@ -252,17 +252,14 @@ void SplitQueue::discard(uint16_t nbufs, uint16_t ndescs) noexcept {
   stats_.popped -= nbufs;
 }
 
+// The slow path of push() for in-order queues: a new used element (per-buffer
+// policy, or the first completion of a batch). push() extends an open batch
+// inline.
 void SplitQueue::push_in_order(uint16_t head, uint32_t len) noexcept {
   if (npending_ == nheads_cap_) (void)flush();  // cannot happen with honest callers
-  if (cfg_.batching == InOrderBatching::kBatch && npending_ > 0) {
-    // Extend the open batch: its element names the newest buffer.
-    pending_[npending_ - 1] = UsedElem{head, len};
-    ++nheads_[npending_ - 1];
-  } else {
-    pending_[npending_] = UsedElem{head, len};
-    nheads_[npending_] = 1;
-    ++npending_;
-  }
+  pending_[npending_] = UsedElem{head, len};
+  nheads_[npending_] = 1;
+  ++npending_;
   ++pending_bufs_;
 }
 
