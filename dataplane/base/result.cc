@@ -61,6 +61,17 @@ std::string_view errc_name(Errc e) noexcept {
     case Errc::kBlkReadOnly: return "blk-read-only";
     case Errc::kBlkUnsupported: return "blk-unsupported";
     case Errc::kBlkBadSegments: return "blk-bad-segments";
+    case Errc::kVfioApiVersion: return "vfio-api-version";
+    case Errc::kVfioNoType1: return "vfio-no-type1";
+    case Errc::kVfioGroupNotViable: return "vfio-group-not-viable";
+    case Errc::kVfioInfoMalformed: return "vfio-info-malformed";
+    case Errc::kVfioRegionBad: return "vfio-region-bad";
+    case Errc::kVfioIrqBad: return "vfio-irq-bad";
+    case Errc::kDmaMisaligned: return "dma-misaligned";
+    case Errc::kDmaOutsideIovaRanges: return "dma-outside-iova-ranges";
+    case Errc::kDmaLimit: return "dma-limit";
+    case Errc::kDmaOverlap: return "dma-overlap";
+    case Errc::kDmaNotMapped: return "dma-not-mapped";
   }
   return "unknown";
 }

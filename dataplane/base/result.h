@@ -76,6 +76,18 @@ enum class Errc : uint16_t {
   kBlkReadOnly,           // a write to a read-only export
   kBlkUnsupported,        // a request type we do not implement
   kBlkBadSegments,        // discard/write-zeroes payload malformed or over the limits
+  // VFIO (vfio/)
+  kVfioApiVersion,        // VFIO_GET_API_VERSION is not the one we speak
+  kVfioNoType1,           // the container offers neither TYPE1v2 nor TYPE1
+  kVfioGroupNotViable,    // a device of the group is bound to a host driver
+  kVfioInfoMalformed,     // a capability chain that points outside or loops
+  kVfioRegionBad,         // no such device region, or an access past its end
+  kVfioIrqBad,            // no such interrupt index, or vectors past its count
+  kDmaMisaligned,         // vaddr/iova/size not a multiple of the smallest IOMMU page
+  kDmaOutsideIovaRanges,  // a range below or above every usable IOVA range
+  kDmaLimit,              // the plan needs more mappings than DMA_AVAIL allows
+  kDmaOverlap,            // a range overlaps a mapped one without being the same
+  kDmaNotMapped,          // an unmap of a range that was never mapped
 };
 
 std::string_view errc_name(Errc e) noexcept;

@@ -228,8 +228,12 @@ Status GuestMemory::publish(std::vector<GuestRegion> regions) {
     if (!stays) removed.push_back(o);
   }
   if (added.empty() && removed.empty()) return {};
-  for (MemoryListener* l : listeners_) l->on_memory_changed(*next, added, removed);
-  return {};
+  Status first{};
+  for (MemoryListener* l : listeners_) {
+    Status s = l->on_memory_changed(*next, added, removed);
+    if (!s.ok() && first.ok()) first = s;
+  }
+  return first;
 }
 
 void GuestMemory::add_listener(MemoryListener* l) { listeners_.push_back(l); }

@@ -109,13 +109,16 @@ class MemoryTable {
 };
 
 // Told of regions added to and removed from the guest's memory, after the new
-// table has been published. The VFIO DMA mapper is one such listener.
+// table has been published and while the old one is still mapped. The VFIO
+// DMA mapper is one such listener. A listener's error does not unpublish the
+// table; it is returned to whoever changed the memory (a vhost-user session
+// refuses the message), after every listener has been told.
 class MemoryListener {
  public:
   virtual ~MemoryListener() = default;
-  virtual void on_memory_changed(const MemoryTable& table,
-                                 std::span<const GuestRegion> added,
-                                 std::span<const GuestRegion> removed) = 0;
+  virtual Status on_memory_changed(const MemoryTable& table,
+                                   std::span<const GuestRegion> added,
+                                   std::span<const GuestRegion> removed) = 0;
 };
 
 // The owner of a device's guest memory. Mutated by the control thread only;

@@ -170,13 +170,14 @@ struct RecordingListener : MemoryListener {
   GuestMemory* mem = nullptr;
   std::vector<uint64_t> added, removed;
   size_t published_at_call = 0;
-  void on_memory_changed(const MemoryTable& table, std::span<const GuestRegion> a,
-                         std::span<const GuestRegion> r) override {
+  Status on_memory_changed(const MemoryTable& table, std::span<const GuestRegion> a,
+                           std::span<const GuestRegion> r) override {
     for (const auto& x : a) added.push_back(x.guest_phys);
     for (const auto& x : r) removed.push_back(x.guest_phys);
     // Publish, then notify: the table we are told about is already current.
     EXPECT_EQ(mem->snapshot().get(), &table);
     published_at_call = table.regions().size();
+    return {};
   }
 };
 
