@@ -126,7 +126,8 @@ Status DmaMapper::unmap(std::span<const DmaRegion> regions) {
   }
   // Kernel entries touching a region that goes, and what else they cover.
   std::vector<MapCall> affected;
-  for (const auto& [iova, e] : entries_) {
+  for (const auto& kv : entries_) {
+    const MapCall& e = kv.second;
     bool hit = std::any_of(gone.begin(), gone.end(), [&](const DmaRegion& g) {
       return overlaps(g.iova, g.size, e.iova, e.size);
     });
@@ -145,11 +146,12 @@ Status DmaMapper::unmap(std::span<const DmaRegion> regions) {
   }
   // Survivors that shared an unmapped entry are mapped again.
   std::vector<DmaRegion> survivors;
-  for (const auto& [iova, l] : regions_) {
+  for (const auto& kv : regions_) {
+    const DmaRegion& r = kv.second.r;
     bool hit = std::any_of(affected.begin(), affected.end(), [&](const MapCall& e) {
-      return overlaps(l.r.iova, l.r.size, e.iova, e.size);
+      return overlaps(r.iova, r.size, e.iova, e.size);
     });
-    if (hit) survivors.push_back(l.r);
+    if (hit) survivors.push_back(r);
   }
   if (!survivors.empty()) {
     Status s = map_fresh(survivors);

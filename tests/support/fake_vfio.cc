@@ -163,18 +163,24 @@ int FakeVfio::get_info(ContainerState& c, void* arg) {
     // IOVA ranges, then migration, then DMA_AVAIL, each 8-aligned.
     size_t off = out.size();
     size_t ranges_at = off;
-    vfio_iommu_type1_info_cap_iova_range ir{};
-    ir.header.id = VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE;
-    ir.header.version = 1;
-    ir.nr_iovas = static_cast<uint32_t>(cfg_.ranges.size());
-    off += sizeof ir + cfg_.ranges.size() * sizeof(vfio_iova_range);
+    // struct vfio_iommu_type1_info_cap_iova_range: header, nr_iovas,
+    // reserved, then the ranges (written field by field: it ends in a
+    // flexible array).
+    constexpr size_t kIrHead = sizeof(vfio_iommu_type1_info_cap_iova_range);
+    off += kIrHead + cfg_.ranges.size() * sizeof(vfio_iova_range);
     size_t mig_at = off;
     off += sizeof(vfio_iommu_type1_info_cap_migration);
     size_t avail_at = off;
-    ir.header.next = static_cast<uint32_t>(mig_at);
-    put(out, ranges_at, ir);
+    vfio_info_cap_header h{};
+    h.id = VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE;
+    h.version = 1;
+    h.next = static_cast<uint32_t>(mig_at);
+    put(out, ranges_at, h);
+    put(out, ranges_at + offsetof(vfio_iommu_type1_info_cap_iova_range, nr_iovas),
+        static_cast<uint32_t>(cfg_.ranges.size()));
+    put(out, ranges_at + offsetof(vfio_iommu_type1_info_cap_iova_range, reserved), uint32_t{0});
     for (size_t i = 0; i < cfg_.ranges.size(); ++i)
-      put(out, ranges_at + sizeof ir + i * sizeof(vfio_iova_range),
+      put(out, ranges_at + kIrHead + i * sizeof(vfio_iova_range),
           vfio_iova_range{cfg_.ranges[i].start, cfg_.ranges[i].last});
     vfio_iommu_type1_info_cap_migration mig{};
     mig.header.id = VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION;
