@@ -1,0 +1,26 @@
+#!/bin/sh
+# Guest side of e2e_vfio_guest: bind QEMU's edu to vfio-pci, run
+# sluice-vfio-edu (DMA through the planner, unmapped DMA, MSI), then a small
+# sluice-pinbench with VFIO on edu's group. Markers for the host: VFIO-*.
+for m in $(cat /tests/vfio-modules.txt 2>/dev/null); do insmod "$m" 2>/dev/null; done
+EDU=
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor):$(cat $d/device)" = "0x1234:0x11e8" ] && EDU=$(basename $d)
+done
+[ -n "$EDU" ] || { echo "VFIO-FAIL no edu device"; exit 1; }
+[ -e /sys/bus/pci/devices/$EDU/driver ] && echo $EDU > /sys/bus/pci/devices/$EDU/driver/unbind
+echo vfio-pci > /sys/bus/pci/devices/$EDU/driver_override
+echo $EDU > /sys/bus/pci/drivers_probe
+drv=$(readlink /sys/bus/pci/devices/$EDU/driver)
+G=$(readlink /sys/bus/pci/devices/$EDU/iommu_group); G=${G##*/}
+echo "VFIO-BIND $EDU driver=${drv##*/} group=$G"
+mkdir -p /mnt/huge
+mount -t hugetlbfs -o pagesize=2M none /mnt/huge || echo "VFIO-FAIL hugetlbfs mount"
+/bin/sluice-vfio-edu "$EDU" /mnt/huge
+echo "VFIO-EDU-EXIT $?"
+echo "VFIO-PINBENCH-BEGIN"
+/bin/sluice-pinbench --size 64M --backing anon4k,huge2m --method iouring,mlock,vfio:$G --reps 3 \
+  --json /tmp/pinbench.json 2>/tmp/pinbench.err
+echo "VFIO-PINBENCH-EXIT $?"
+echo "VFIO-PINBENCH-END"
+dmesg | grep -i -E 'DMAR.*fault|DMAR: \[DMA' | head -3 | sed 's/^/VFIO-DMESG /'

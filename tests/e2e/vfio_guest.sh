@@ -1,0 +1,64 @@
+#!/bin/bash
+# End to end: VFIO inside a QEMU guest (TCG) with an emulated VT-d
+# (q35, kernel-irqchip=split, intel-iommu intremap=on caching-mode=on; guest
+# kernel intel_iommu=on). QEMU's edu device is bound to vfio-pci and driven
+# through Sluice's vfio/ library (tests/e2e/vfio_edu.cc), then sluice-pinbench
+# runs with VFIO on edu's group.
+# Usage: vfio_guest.sh VFIO_EDU PINBENCH WORKDIR
+# Exit 77 (meson's "skipped") when QEMU or the guest cannot be prepared.
+set -uo pipefail
+EDU_BIN=$1 PINBENCH=$2 WORK=$3
+HERE=$(cd "$(dirname "$0")" && pwd)
+GUEST=$WORK/guest
+mkdir -p "$WORK"
+bash "$HERE/setup-guest.sh" "$GUEST" || exit $?
+for b in "$EDU_BIN" "$PINBENCH"; do
+  if readelf -l "$b" 2>/dev/null | grep -q INTERP; then echo "vfio_guest: $b is not static"; exit 77; fi
+done
+
+# An overlay initramfs (the kernel unpacks concatenated archives in order):
+# the VFIO modules, the static test programs, the module load order.
+dir=$WORK/vfio
+rm -rf "$dir"; mkdir -p "$dir/root/bin" "$dir/root/tests"
+kv=$(ls "$GUEST/kernel/lib/modules" | head -1)
+modprobe -d "$GUEST/kernel" -S "$kv" --show-depends vfio_pci vfio_iommu_type1 |
+  awk '$1=="insmod"{print $2}' | awk '!seen[$0]++' > "$dir/mods.host"
+[ -s "$dir/mods.host" ] || { echo "vfio_guest: no vfio modules in $kv"; exit 77; }
+while read -r f; do
+  rel=${f#$GUEST/kernel}
+  mkdir -p "$dir/root/$(dirname "$rel")"
+  cp "$f" "$dir/root/$rel"
+  echo "$rel"
+done < "$dir/mods.host" > "$dir/root/tests/vfio-modules.txt"
+cp "$EDU_BIN" "$dir/root/bin/sluice-vfio-edu"
+cp "$PINBENCH" "$dir/root/bin/sluice-pinbench"
+(cd "$dir/root" && find . -print0 | cpio --null -o -H newc --quiet) > "$dir/overlay.cpio"
+cat "$GUEST/initrd.cpio" "$dir/overlay.cpio" > "$dir/initrd.cpio"
+
+start=$(date +%s)
+timeout 600 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G -nographic -no-reboot -nic none \
+  -machine q35,kernel-irqchip=split -device intel-iommu,intremap=on,caching-mode=on \
+  -device edu \
+  -kernel "$GUEST/vmlinux" -initrd "$dir/initrd.cpio" \
+  -append "console=ttyS0 quiet panic=-1 mitigations=off nokaslr tsc=reliable no_timer_check cryptomgr.notests intel_iommu=on hugepages=64 sluice.test=vfio" \
+  > "$dir/console.log" 2>&1
+qrc=$?
+echo "vfio_guest: guest ran for $(( $(date +%s) - start )) s (qemu rc=$qrc)"
+
+fail=0
+check() { if eval "$2"; then echo "vfio_guest: ok   - $1"; else echo "vfio_guest: FAIL - $1"; fail=1; fi; }
+log=$dir/console.log
+check "guest ran the test" "grep -q 'SLUICE-GUEST: test vfio exit=' '$log'"
+check "qemu exited cleanly" "[ $qrc -eq 0 ]"
+check "edu bound to vfio-pci" "grep -q 'VFIO-BIND .* driver=vfio-pci' '$log'"
+grep -E '^EDU-(OK|FAIL|INFO)' "$log" | sed 's/^/  /'
+check "every edu check passed" "grep -q 'EDU-DONE fails=0' '$log' && ! grep -q '^EDU-FAIL' '$log'"
+check "the unmapped DMA faulted in the IOMMU (DMAR fault logged)" "grep -q 'VFIO-DMESG' '$log'"
+sed -n '/VFIO-PINBENCH-BEGIN/,/VFIO-PINBENCH-END/p' "$log" | sed 's/^/  /'
+check "pinbench ran" "grep -q 'VFIO-PINBENCH-EXIT 0' '$log'"
+check "pinbench mapped through VFIO (planned and raw rows measured)" \
+  "sed -n '/VFIO-PINBENCH-BEGIN/,/VFIO-PINBENCH-END/p' '$log' | grep -E '^huge2m +vfio:[0-9]+ +planned +1 ' >/dev/null && sed -n '/VFIO-PINBENCH-BEGIN/,/VFIO-PINBENCH-END/p' '$log' | grep -E '^huge2m +vfio:[0-9]+ +raw +1 ' >/dev/null"
+check "pinbench io_uring and mlock rows measured" \
+  "sed -n '/VFIO-PINBENCH-BEGIN/,/VFIO-PINBENCH-END/p' '$log' | grep -E '^anon4k +(iouring|mlock) +- +1 ' | wc -l | grep -q 2"
+if [ $fail -ne 0 ]; then echo "--- console (tail):"; tail -60 "$log"; fi
+exit $fail
