@@ -29,7 +29,7 @@ uint64_t DmaMapper::available() const noexcept {
 
 uint32_t DmaMapper::refs(const DmaRegion& r) const noexcept {
   auto it = regions_.find(r.iova);
-  return it != regions_.end() && it->second.r == r ? it->second.refs : 0;
+  return it != regions_.end() && it->second.r.same_memory(r) ? it->second.refs : 0;
 }
 
 bool DmaMapper::is_mapped(uint64_t iova, uint64_t len) const noexcept {
@@ -87,7 +87,7 @@ Status DmaMapper::map(std::span<const DmaRegion> regions) {
     auto it = regions_.upper_bound(r.iova);
     if (it != regions_.begin()) {
       auto prev = std::prev(it);
-      if (prev->second.r == r) identical = true;
+      if (prev->second.r.same_memory(r)) identical = true;
       else if (overlaps(prev->second.r.iova, prev->second.r.size, r.iova, r.size))
         return Errc::kDmaOverlap;
     }
@@ -98,7 +98,8 @@ Status DmaMapper::map(std::span<const DmaRegion> regions) {
       continue;
     }
     // The same fresh region twice in one call: one mapping, two references.
-    auto dup = std::find(fresh.begin(), fresh.end(), r);
+    auto dup = std::find_if(fresh.begin(), fresh.end(),
+                            [&](const DmaRegion& f) { return f.same_memory(r); });
     if (dup != fresh.end()) {
       bumps.push_back(r.iova);
       continue;
@@ -116,7 +117,7 @@ Status DmaMapper::unmap(std::span<const DmaRegion> regions) {
   std::map<uint64_t, uint32_t> drops;
   for (const DmaRegion& r : regions) {
     auto it = regions_.find(r.iova);
-    if (it == regions_.end() || !(it->second.r == r)) return Errc::kDmaNotMapped;
+    if (it == regions_.end() || !it->second.r.same_memory(r)) return Errc::kDmaNotMapped;
     if (++drops[r.iova] > it->second.refs) return Errc::kDmaNotMapped;
   }
   std::vector<DmaRegion> gone;
@@ -197,9 +198,22 @@ Status GuestMemoryDma::attach(DmaMapper* m, const MemoryTable& current) {
   return {};
 }
 
+void GuestMemoryDma::release(const MemoryTable& current) {
+  std::vector<DmaRegion> now;
+  for (const GuestRegion& g : current.regions()) now.push_back(region_of(g));
+  for (DmaMapper* m : mappers_) {
+    if (now.empty()) break;
+    Status s = m->unmap(now);
+    if (!s.ok()) LOG_WARN("vfio", "releasing guest memory failed: %s", s.error().name().data());
+  }
+  mappers_.clear();
+}
+
 DmaRegion GuestMemoryDma::region_of(const GuestRegion& g) {
-  return DmaRegion{reinterpret_cast<uint64_t>(g.host), g.guest_phys, g.size,
-                   g.page_size != 0 ? g.page_size : 4096};
+  DmaRegion r{reinterpret_cast<uint64_t>(g.host), g.guest_phys, g.size,
+              g.page_size != 0 ? g.page_size : 4096, {}};
+  if (g.backing) r.backing = BackingId{g.backing->dev, g.backing->ino, g.backing->mmap_offset};
+  return r;
 }
 
 Status GuestMemoryDma::on_memory_changed(const MemoryTable&, std::span<const GuestRegion> added,

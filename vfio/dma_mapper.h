@@ -2,8 +2,8 @@
 // and unmaps with the granularity it mapped.
 //
 // Book-keeping: `regions_` are what callers asked for (with a reference
-// count: the same range mapped twice, e.g. by two devices sharing guest
-// memory, is one mapping); `entries_` are the kernel's mappings (one per
+// count: the same memory at the same IOVA mapped twice, e.g. by two
+// vhost-user sessions of one VM, is one mapping, DmaRegion::same_memory); `entries_` are the kernel's mappings (one per
 // MAP_DMA call, possibly covering several merged regions). TYPE1v2 refuses an
 // unmap that splits a mapping, so when a region whose entry also covers other
 // live regions goes away, the entry is unmapped whole and the survivors are
@@ -83,6 +83,9 @@ class GuestMemoryDma : public MemoryListener {
  public:
   // Maps what the guest has now, then follows its changes.
   Status attach(DmaMapper* m, const MemoryTable& current);
+  // Drops the guest's current regions from every mapper and forgets the
+  // mappers (a session ending without a memory reset).
+  void release(const MemoryTable& current);
   void detach(DmaMapper* m);
   Status on_memory_changed(const MemoryTable& table, std::span<const GuestRegion> added,
                            std::span<const GuestRegion> removed) override;

@@ -23,13 +23,29 @@
 
 namespace sluice::vfio {
 
+// What memory a region is, independent of where it is mapped in this
+// process: the backing file and the offset in it (0/0/0: unknown).
+struct BackingId {
+  uint64_t dev = 0, ino = 0, offset = 0;
+  bool known() const noexcept { return dev != 0 || ino != 0; }
+  friend bool operator==(const BackingId&, const BackingId&) = default;
+};
+
 // A range of process memory to make visible to devices at `iova`.
 struct DmaRegion {
   uint64_t vaddr = 0;
   uint64_t iova = 0;
   uint64_t size = 0;
   uint64_t page_size = 4096;  // backing page size (hugetlbfs: the huge page size)
+  BackingId backing{};
   friend bool operator==(const DmaRegion&, const DmaRegion&) = default;
+  // The same memory at the same IOVA: mapped at the same address, or the
+  // same pages of the same file mapped twice (two vhost-user sessions of one
+  // VM each map the VM's memory fds). Such regions share one mapping.
+  bool same_memory(const DmaRegion& o) const noexcept {
+    return iova == o.iova && size == o.size &&
+           (vaddr == o.vaddr || (backing.known() && backing == o.backing));
+  }
 };
 
 // One VFIO_IOMMU_MAP_DMA.

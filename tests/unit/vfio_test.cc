@@ -528,6 +528,59 @@ TEST(GuestMemoryDma, FollowsVhostMemoryChangesOnEveryContainer) {
   guest.memory().remove_listener(&bridge);
 }
 
+// Two vhost-user sessions of one VM map the VM's memory fds separately (two
+// host addresses, one set of pages): one IOMMU mapping, two references. A
+// different VM's memory at the same guest address is refused.
+TEST(GuestMemoryDma, SessionsOfOneVmShareMappingsOtherVmsAreRefused) {
+  Rig r;
+  DmaMapper m(*r.container);
+  UniqueFd vm = test::make_memfd(4u << 20);
+  auto spec_of = [](int fd) {
+    RegionSpec s;
+    s.guest_phys = 0x40000000;
+    s.size = 4u << 20;
+    s.user_addr = 0x7f0000000000;
+    s.fd = UniqueFd(::dup(fd));
+    return s;
+  };
+  GuestMemory a, b;
+  GuestMemoryDma ba, bb;
+  ASSERT_TRUE(ba.attach(&m, *a.snapshot()).ok());
+  ASSERT_TRUE(bb.attach(&m, *b.snapshot()).ok());
+  a.add_listener(&ba);
+  b.add_listener(&bb);
+  std::vector<RegionSpec> sa, sb;
+  sa.push_back(spec_of(vm.get()));
+  sb.push_back(spec_of(vm.get()));
+  ASSERT_TRUE(a.set_regions(std::move(sa)).ok());
+  ASSERT_TRUE(b.set_regions(std::move(sb)).ok());
+  EXPECT_NE(a.snapshot()->regions()[0].host, b.snapshot()->regions()[0].host);
+  EXPECT_EQ(r.maps().size(), 1u);
+  EXPECT_EQ(m.refs(GuestMemoryDma::region_of(a.snapshot()->regions()[0])), 2u);
+
+  // Another VM: its own memfd at the same guest address.
+  UniqueFd other = test::make_memfd(4u << 20);
+  GuestMemory c;
+  GuestMemoryDma bc;
+  ASSERT_TRUE(bc.attach(&m, *c.snapshot()).ok());
+  c.add_listener(&bc);
+  std::vector<RegionSpec> sc;
+  sc.push_back(spec_of(other.get()));
+  Status s = c.set_regions(std::move(sc));
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error(), Errc::kDmaOverlap);
+  c.remove_listener(&bc);
+
+  // Session a ends without a reset: its reference goes, the mapping stays.
+  a.remove_listener(&ba);
+  ba.release(*a.snapshot());
+  EXPECT_EQ(r.maps().size(), 1u);
+  // Session b resets its memory: the last reference goes.
+  b.clear();
+  EXPECT_TRUE(r.maps().empty());
+  b.remove_listener(&bb);
+}
+
 // ---------------------------------------------------------------- device
 
 TEST(VfioDevice, RegionsConfigInterruptsReset) {
