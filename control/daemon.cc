@@ -25,7 +25,7 @@ std::string err_text(const Error& e) {
 // ---------------------------------------------------------------- BlkExport
 
 BlkExport::BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev)
-    : spec_(std::move(spec)), dev_(std::move(dev)), acceptor_(d.io()) {}
+    : spec_(std::move(spec)), dev_(std::move(dev)), acceptor_(d.io()), daemon_(d) {}
 
 BlkExport::~BlkExport() { stop(); }
 
@@ -69,6 +69,10 @@ void BlkExport::accept() {
       ::setsockopt(s.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
       conn_.emplace(std::move(s));
       session_ = std::make_unique<vhost::Session>(*dev_, spec_.id);
+      // The session's memory is empty now; from its first SET_MEM_TABLE on,
+      // every region is mapped for the VFIO containers before any ring uses it.
+      for (vfio::DmaMapper* m : daemon_.dma_mappers()) (void)dma_.attach(m, *session_->memory().snapshot());
+      session_->add_memory_listener(&dma_);
       ++sessions_;
       LOG_INFO("export", "%s: front-end connected", spec_.id.c_str());
       wait_message();
@@ -116,8 +120,12 @@ void BlkExport::end_session(const char* why) {
   if (!conn_) return;
   LOG_INFO("export", "%s: session ended: %s", spec_.id.c_str(), why);
   // Destroying the session stops every ring: the workers complete what they
-  // took before the device lets go of the queues.
+  // took before the device lets go of the queues. Only then does its memory
+  // leave the IOMMU (the table we hold keeps the mappings alive until then).
+  auto table = session_->memory().snapshot();
+  session_->remove_memory_listener(&dma_);
   session_.reset();
+  dma_.release(*table);
   boost::system::error_code ignore;
   conn_->close(ignore);
   conn_.reset();
@@ -228,7 +236,68 @@ json::value Daemon::stats(const std::string& id) const {
   return a;
 }
 
+void Daemon::open_vfio() {
+  vfio::Kernel& k = opts_.vfio_kernel ? *opts_.vfio_kernel : vfio::Kernel::real();
+  for (int g : opts_.vfio_groups) {
+    VfioDomain d;
+    d.group = g;
+    auto c = vfio::Container::open(k);
+    if (!c.ok()) throw std::runtime_error("cannot open /dev/vfio/vfio: " + err_text(c.error()));
+    d.container = std::move(c.value());
+    auto grp = vfio::Group::open(g, k);
+    if (!grp.ok())
+      throw std::runtime_error("cannot open VFIO group " + std::to_string(g) + ": " + err_text(grp.error()) +
+                               (grp.error() == Errc::kVfioGroupNotViable
+                                    ? " (bind every device of the group to vfio-pci)"
+                                    : ""));
+    d.grp = std::move(grp.value());
+    if (Status s = d.grp->attach(*d.container); !s.ok())
+      throw std::runtime_error("cannot attach VFIO group " + std::to_string(g) + ": " + err_text(s.error()));
+    d.mapper = std::make_unique<vfio::DmaMapper>(*d.container);
+    const vfio::IommuInfo& info = d.container->info();
+    LOG_INFO("daemon", "VFIO group %d: type%s IOMMU, page sizes 0x%llx, %zu IOVA range(s), %s mappings",
+             g, d.container->iommu_type() == 3 ? "1v2" : "1",
+             static_cast<unsigned long long>(info.iova_pgsizes), info.ranges.size(),
+             info.dma_avail ? std::to_string(*info.dma_avail).c_str() : "unlimited");
+    vfio_.push_back(std::move(d));
+  }
+}
+
+std::vector<vfio::DmaMapper*> Daemon::dma_mappers() {
+  std::vector<vfio::DmaMapper*> v;
+  for (auto& d : vfio_) v.push_back(d.mapper.get());
+  return v;
+}
+
+json::array Daemon::vfio_stats() const {
+  json::array a;
+  for (const VfioDomain& d : vfio_) {
+    const vfio::IommuInfo& info = d.container->info();
+    json::array ranges;
+    for (const vfio::IovaRange& r : info.ranges)
+      ranges.push_back(json::object{{"start", r.start}, {"last", r.last}});
+    json::object o{{"group", d.group},
+                   {"iommu", d.container->iommu_type() == 3 ? "type1v2" : "type1"},
+                   {"iova_pgsizes", info.iova_pgsizes},
+                   {"iova_ranges", std::move(ranges)},
+                   {"kernel_mappings", d.mapper->kernel_mappings()},
+                   {"regions", d.mapper->regions()},
+                   {"map_calls", d.mapper->stats().map_calls},
+                   {"unmap_calls", d.mapper->stats().unmap_calls},
+                   {"rollbacks", d.mapper->stats().rollbacks}};
+    if (info.dma_avail) o["dma_avail"] = *info.dma_avail - d.mapper->kernel_mappings();
+    a.push_back(std::move(o));
+  }
+  return a;
+}
+
 int Daemon::run() {
+  try {
+    open_vfio();
+  } catch (const std::exception& e) {
+    LOG_ERROR("daemon", "%s", e.what());
+    return 1;
+  }
   for (unsigned i = 0; i < std::max(1u, opts_.workers); ++i) {
     WorkerOptions wo;
     wo.name = "worker" + std::to_string(i);
@@ -287,6 +356,7 @@ void Daemon::stop() {
 
 void Daemon::shutdown() {
   exports_.clear();
+  vfio_.clear();  // after the exports: their sessions' memory leaves the IOMMU first
   for (auto& w : workers_) w->stop();
   workers_.clear();
   if (api_ && api_->is_open()) {
@@ -399,6 +469,8 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
       result = d.stats(str_param("id", false));
     } else if (m == "workers") {
       result = d.worker_stats();
+    } else if (m == "vfio") {
+      result = d.vfio_stats();
     } else if (m == "add-blk") {
       BlkSpec spec = parse_blk_spec(str_param("spec", true));
       d.add_blk(spec);

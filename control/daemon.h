@@ -15,6 +15,8 @@
 #include "control/spec.h"
 #include "dataplane/blk/blk_device.h"
 #include "dataplane/worker/worker.h"
+#include "vfio/container.h"
+#include "vfio/dma_mapper.h"
 #include "vhost/session.h"
 
 namespace sluice::control {
@@ -49,12 +51,26 @@ class BlkExport {
   unix_socket::acceptor acceptor_;
   std::optional<unix_socket::socket> conn_;
   std::unique_ptr<vhost::Session> session_;
+  // Keeps this session's guest memory mapped in the daemon's VFIO containers.
+  vfio::GuestMemoryDma dma_;
+  Daemon& daemon_;
   uint64_t sessions_ = 0;
   uint64_t refused_messages_ = 0;
 };
 
+// A VFIO container with one group, and the mapper that keeps every
+// session's guest memory in its IOMMU domain (IOVA = guest physical address).
+struct VfioDomain {
+  int group = -1;
+  std::unique_ptr<vfio::Container> container;
+  std::unique_ptr<vfio::Group> grp;
+  std::unique_ptr<vfio::DmaMapper> mapper;
+};
+
 struct DaemonOptions {
   std::vector<BlkSpec> blk;
+  std::vector<int> vfio_groups;      // --vfio-group: one container each
+  vfio::Kernel* vfio_kernel = nullptr;  // the syscall seam (tests: a fake); null = the kernel
   std::string api_path;      // empty: no API
   unsigned workers = 1;
   std::vector<int> cpus;     // pin worker i to cpus[i % size]
@@ -77,6 +93,11 @@ class Daemon {
   boost::json::array list() const;
   boost::json::value stats(const std::string& id) const;
   boost::json::array worker_stats() const;
+  boost::json::array vfio_stats() const;
+  // Opens the VFIO containers named in the options (throws with a message a
+  // user can act on). run() calls it before any export starts.
+  void open_vfio();
+  std::vector<vfio::DmaMapper*> dma_mappers();
 
  private:
   void start_api();
@@ -87,6 +108,7 @@ class Daemon {
   asio::io_context io_;
   asio::signal_set signals_{io_, SIGINT, SIGTERM};
   std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<VfioDomain> vfio_;
   std::map<std::string, std::unique_ptr<BlkExport>> exports_;
   std::optional<unix_socket::acceptor> api_;
   bool stopping_ = false;

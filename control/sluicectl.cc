@@ -24,6 +24,8 @@ const char kUsage[] = R"(usage: sluicectl [--api PATH] [--json] COMMAND
   list                 exports and whether a front-end is connected
   stats [ID]           per-queue counters (requests, bytes, errors, used-ring batches)
   workers              data-plane workers: poll loops run and times they slept
+  vfio                 VFIO containers (sluiced --vfio-group): IOMMU, IOVA ranges,
+                       mappings in use, map/unmap calls made
   add-blk SPEC         add a vhost-user-blk export (SPEC as for sluiced --blk)
   remove ID            remove an export (its front-end is disconnected)
 
@@ -105,6 +107,7 @@ int main(int argc, char** argv) {
   } else if (cmd == "stats") {
     if (i < argc) params["id"] = argv[i++];
   } else if (cmd == "workers") {
+  } else if (cmd == "vfio") {
   } else if (cmd == "add-blk" && i < argc) {
     params["spec"] = argv[i++];
   } else if (cmd == "remove" && i < argc) {
@@ -157,6 +160,22 @@ int main(int argc, char** argv) {
       std::printf("%-10s %14llu %10llu\n", std::string(o.at("name").as_string()).c_str(),
                   static_cast<unsigned long long>(o.at("polls").to_number<uint64_t>()),
                   static_cast<unsigned long long>(o.at("sleeps").to_number<uint64_t>()));
+    }
+  } else if (cmd == "vfio") {
+    if (out.as_array().empty()) std::printf("no VFIO containers (start sluiced with --vfio-group N)\n");
+    for (auto& v : out.as_array()) {
+      auto& o = v.as_object();
+      auto u = [&](const char* k) { return static_cast<unsigned long long>(o.at(k).to_number<uint64_t>()); };
+      std::printf("group %llu: %s, page sizes 0x%llx, %llu mapping(s) for %llu region(s), %llu map / %llu unmap "
+                  "calls, %llu rollback(s)",
+                  u("group"), std::string(o.at("iommu").as_string()).c_str(), u("iova_pgsizes"),
+                  u("kernel_mappings"), u("regions"), u("map_calls"), u("unmap_calls"), u("rollbacks"));
+      if (o.contains("dma_avail")) std::printf(", %llu more allowed", u("dma_avail"));
+      std::printf("\n");
+      for (auto& r : o.at("iova_ranges").as_array())
+        std::printf("  IOVA 0x%llx-0x%llx\n",
+                    static_cast<unsigned long long>(r.as_object().at("start").to_number<uint64_t>()),
+                    static_cast<unsigned long long>(r.as_object().at("last").to_number<uint64_t>()));
     }
   } else {
     std::printf("ok: %s %s\n", cmd.c_str(), std::string(out.as_object().at("id").as_string()).c_str());

@@ -35,6 +35,9 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
                       null            no file: requests complete at once (with size=),
                                       for measuring the data path (like QEMU's null-co)
                     e.g. --blk id=vm1,path=/run/sluice/vm1.sock,file=/srv/vm1.img,queues=2,size=8G
+  --vfio-group N    open VFIO group N (/dev/vfio/N) in a type1 container and keep
+                    every session's guest memory mapped in its IOMMU (IOVA =
+                    guest physical address); repeatable, one container each
   --api PATH        management API socket (JSON-RPC 2.0; default %s)
   --no-api          no management API
   --workers N       data-plane worker threads (default 1)
@@ -93,6 +96,11 @@ int main(int argc, char** argv) {
         opts.api_path = value();
       } else if (a == "--no-api") {
         no_api = true;
+      } else if (a == "--vfio-group") {
+        std::string v = value();
+        if (v.empty() || v.size() > 6 || v.find_first_not_of("0123456789") != std::string::npos)
+          throw SpecError("--vfio-group: expected a group number (see /sys/kernel/iommu_groups)");
+        opts.vfio_groups.push_back(std::stoi(v));
       } else if (a == "--workers") {
         std::string v = value();
         if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 3 ||

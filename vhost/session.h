@@ -49,6 +49,10 @@ class Session {
   uint64_t protocol_features() const noexcept { return protocol_features_; }
   bool queue_running(uint16_t i) const { return i < vrings_.size() && vrings_[i]->running; }
   const GuestMemory& memory() const noexcept { return memory_; }
+  // Listeners of this session's guest memory (the VFIO DMA mapper's bridge).
+  // A listener's error refuses the memory message that caused it.
+  void add_memory_listener(MemoryListener* l) { memory_.add_listener(l); }
+  void remove_memory_listener(MemoryListener* l) { memory_.remove_listener(l); }
 
  private:
   struct Vring {

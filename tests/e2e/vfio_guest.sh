@@ -4,15 +4,18 @@
 # kernel intel_iommu=on). QEMU's edu device is bound to vfio-pci and driven
 # through Sluice's vfio/ library (tests/e2e/vfio_edu.cc), then sluice-pinbench
 # runs with VFIO on edu's group.
-# Usage: vfio_guest.sh VFIO_EDU PINBENCH WORKDIR
+# Last, sluiced runs in the guest with --vfio-group on edu's group and
+# sluice-blkbench as its vhost-user front-end: the session's memory must be in
+# the IOMMU while it lives and gone after.
+# Usage: vfio_guest.sh VFIO_EDU PINBENCH SLUICED SLUICECTL BLKBENCH WORKDIR
 # Exit 77 (meson's "skipped") when QEMU or the guest cannot be prepared.
 set -uo pipefail
-EDU_BIN=$1 PINBENCH=$2 WORK=$3
+EDU_BIN=$1 PINBENCH=$2 SLUICED=$3 SLUICECTL=$4 BLKBENCH=$5 WORK=$6
 HERE=$(cd "$(dirname "$0")" && pwd)
 GUEST=$WORK/guest
 mkdir -p "$WORK"
 bash "$HERE/setup-guest.sh" "$GUEST" || exit $?
-for b in "$EDU_BIN" "$PINBENCH"; do
+for b in "$EDU_BIN" "$PINBENCH" "$SLUICED" "$SLUICECTL" "$BLKBENCH"; do
   if readelf -l "$b" 2>/dev/null | grep -q INTERP; then echo "vfio_guest: $b is not static"; exit 77; fi
 done
 
@@ -32,6 +35,9 @@ while read -r f; do
 done < "$dir/mods.host" > "$dir/root/tests/vfio-modules.txt"
 cp "$EDU_BIN" "$dir/root/bin/sluice-vfio-edu"
 cp "$PINBENCH" "$dir/root/bin/sluice-pinbench"
+cp "$SLUICED" "$dir/root/bin/sluiced"
+cp "$SLUICECTL" "$dir/root/bin/sluicectl"
+cp "$BLKBENCH" "$dir/root/bin/sluice-blkbench"
 (cd "$dir/root" && find . -print0 | cpio --null -o -H newc --quiet) > "$dir/overlay.cpio"
 cat "$GUEST/initrd.cpio" "$dir/overlay.cpio" > "$dir/initrd.cpio"
 
@@ -60,5 +66,15 @@ check "pinbench mapped through VFIO (planned and raw rows measured)" \
   "sed -n '/VFIO-PINBENCH-BEGIN/,/VFIO-PINBENCH-END/p' '$log' | grep -E '^huge2m +vfio:[0-9]+ +planned +1 ' >/dev/null && sed -n '/VFIO-PINBENCH-BEGIN/,/VFIO-PINBENCH-END/p' '$log' | grep -E '^huge2m +vfio:[0-9]+ +raw +1 ' >/dev/null"
 check "pinbench io_uring and mlock rows measured" \
   "sed -n '/VFIO-PINBENCH-BEGIN/,/VFIO-PINBENCH-END/p' '$log' | grep -E '^anon4k +(iouring|mlock) +- +1 ' | wc -l | grep -q 2"
+grep -E '^VFIO-(SLUICED|BLKBENCH|SLUICECTL)' "$log" | sed 's/^/  /'
+mappings() {  # kernel_mappings of the first container in a VFIO-SLUICED-<when> line
+  sed -n "s/^VFIO-SLUICED-$1 //p" "$log" | head -1 |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["kernel_mappings"])' 2>/dev/null
+}
+check "sluiced opened edu's group (no mappings before a session)" "[ '$(mappings BEFORE)' = 0 ]"
+check "the session's guest memory was mapped while it lived" "[ '$(mappings DURING)' -gt 0 ] 2>/dev/null"
+check "blkbench did I/O through sluiced meanwhile" "grep -q 'VFIO-BLKBENCH-EXIT 0' '$log' && grep -qi 'iops' '$log'"
+check "all of it unmapped when the session ended" "[ '$(mappings AFTER)' = 0 ]"
+check "sluiced exited 0" "grep -q 'VFIO-SLUICED-EXIT 0' '$log'"
 if [ $fail -ne 0 ]; then echo "--- console (tail):"; tail -60 "$log"; fi
 exit $fail

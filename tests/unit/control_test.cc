@@ -8,6 +8,7 @@
 
 #include "control/daemon.h"
 #include "control/spec.h"
+#include "tests/support/fake_vfio.h"
 
 namespace sluice::control {
 namespace {
@@ -116,6 +117,47 @@ TEST(Rpc, AddListStatsRemove) {
   EXPECT_TRUE(l.as_object().at("result").as_array().empty());  // nothing half-added
   ::unlink((base + "/a.img").c_str());
   ::rmdir(dir);
+}
+
+// --vfio-group: containers open before any export, with errors a user can
+// act on; the API reports them.
+TEST(Vfio, GroupsOpenAndShowInTheApi) {
+  test::FakeVfio k;
+  k.add_group(7);
+  k.add_group(8, /*viable=*/false);
+  {
+    DaemonOptions o;
+    o.vfio_groups = {7};
+    o.vfio_kernel = &k;
+    Daemon d(o);
+    d.open_vfio();
+    json::value v = json::parse(handle_rpc(d, R"({"jsonrpc":"2.0","id":1,"method":"vfio"})"));
+    const json::array& a = v.as_object().at("result").as_array();
+    ASSERT_EQ(a.size(), 1u);
+    const json::object& g = a[0].as_object();
+    EXPECT_EQ(g.at("group").to_number<int>(), 7);
+    EXPECT_EQ(g.at("iommu").as_string(), "type1v2");
+    EXPECT_EQ(g.at("kernel_mappings").to_number<int>(), 0);
+    EXPECT_EQ(g.at("dma_avail").to_number<int>(), 65535);
+    EXPECT_EQ(g.at("iova_ranges").as_array().size(), 2u);
+    EXPECT_EQ(d.dma_mappers().size(), 1u);
+  }
+  EXPECT_EQ(k.open_fds(), 0u);  // the daemon closed its container and group
+  auto message_of = [&](int group) {
+    DaemonOptions o;
+    o.vfio_groups = {group};
+    o.vfio_kernel = &k;
+    Daemon d(o);
+    try {
+      d.open_vfio();
+    } catch (const std::exception& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(message_of(8).find("bind every device of the group to vfio-pci"), std::string::npos);
+  EXPECT_NE(message_of(9).find("cannot open VFIO group 9"), std::string::npos);
+  EXPECT_EQ(k.open_fds(), 0u);
 }
 
 }  // namespace

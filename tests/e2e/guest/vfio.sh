@@ -24,3 +24,26 @@ echo "VFIO-PINBENCH-BEGIN"
 echo "VFIO-PINBENCH-EXIT $?"
 echo "VFIO-PINBENCH-END"
 dmesg | grep -i -E 'DMAR.*fault|DMAR: \[DMA' | head -3 | sed 's/^/VFIO-DMESG /'
+# The control plane's memory listener: sluiced with --vfio-group keeps a
+# vhost-user session's guest memory mapped in edu's IOMMU domain while the
+# session lives (sluice-blkbench is the front-end), and unmaps it after.
+if [ -x /bin/sluiced ]; then
+  /bin/sluiced --blk id=v,path=/tmp/v.sock,null,size=64M --vfio-group $G --api /tmp/api.sock \
+    --log-level info > /tmp/sluiced.log 2>&1 &
+  SPID=$!
+  for i in $(seq 1 100); do [ -S /tmp/api.sock ] && [ -S /tmp/v.sock ] && break; sleep 0.1; done
+  echo "VFIO-SLUICED-BEFORE $(/bin/sluicectl --api /tmp/api.sock --json vfio)"
+  /bin/sluice-blkbench --socket /tmp/v.sock --rw randread --qd 8 --seconds 4 > /tmp/blkbench.log 2>&1 &
+  BPID=$!
+  sleep 2
+  echo "VFIO-SLUICED-DURING $(/bin/sluicectl --api /tmp/api.sock --json vfio)"
+  wait $BPID
+  echo "VFIO-BLKBENCH-EXIT $?"
+  sed 's/^/VFIO-BLKBENCH /' /tmp/blkbench.log | head -5
+  sleep 0.5
+  echo "VFIO-SLUICED-AFTER $(/bin/sluicectl --api /tmp/api.sock --json vfio)"
+  /bin/sluicectl --api /tmp/api.sock vfio | sed 's/^/VFIO-SLUICECTL /'
+  kill -TERM $SPID; wait $SPID
+  echo "VFIO-SLUICED-EXIT $?"
+  grep -E 'VFIO|vfio|error' /tmp/sluiced.log | head -5 | sed 's/^/VFIO-SLUICED-LOG /'
+fi
