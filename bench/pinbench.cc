@@ -176,28 +176,38 @@ using Step = std::function<std::string()>;  // empty on success, else the error
 // Progress goes to a terminal only (long runs: 8 GiB per 4 KiB page).
 const bool kProgress = ::isatty(STDERR_FILENO) == 1;
 
+// One sample; false (and the row marked skipped) when a step failed.
+bool measure_once(Row& row, const Step& pin, const Step& unpin) {
+  auto t0 = Clock::now();
+  std::string e = pin();
+  double pin_ms = ms_since(t0);
+  if (!e.empty()) {
+    row.skipped = e;
+    row.samples.clear();
+    return false;
+  }
+  t0 = Clock::now();
+  e = unpin();
+  double unpin_ms = ms_since(t0);
+  if (!e.empty()) {
+    row.skipped = "unpin: " + e;
+    row.samples.clear();
+    return false;
+  }
+  row.samples.push_back({pin_ms, unpin_ms});
+  return true;
+}
+
+void progress(const Row& row, int rep, int reps) {
+  if (kProgress)
+    std::fprintf(stderr, "\r  %-7s %-8s %-8s rep %d/%d   ", row.backing.c_str(), row.method.c_str(),
+                 row.plan.c_str(), rep + 1, reps);
+}
+
 void measure(Row& row, int reps, const Step& pin, const Step& unpin) {
   for (int r = 0; r < reps; ++r) {
-    if (kProgress)
-      std::fprintf(stderr, "\r  %-7s %-8s %-8s rep %d/%d   ", row.backing.c_str(),
-                   row.method.c_str(), row.plan.c_str(), r + 1, reps);
-    auto t0 = Clock::now();
-    std::string e = pin();
-    double pin_ms = ms_since(t0);
-    if (!e.empty()) {
-      row.skipped = e;
-      row.samples.clear();
-      break;
-    }
-    t0 = Clock::now();
-    e = unpin();
-    double unpin_ms = ms_since(t0);
-    if (!e.empty()) {
-      row.skipped = "unpin: " + e;
-      row.samples.clear();
-      break;
-    }
-    row.samples.push_back({pin_ms, unpin_ms});
+    progress(row, r, reps);
+    if (!measure_once(row, pin, unpin)) break;
   }
   if (kProgress) std::fprintf(stderr, "\r%60s\r", "");
 }
@@ -230,6 +240,9 @@ struct VfioRig {
   }
 };
 
+// The VFIO plans of one backing, measured in alternating order (per4k,
+// perfolio, planned, raw, per4k, ...): the machines are noisy, and the
+// planned-vs-raw comparison wants the two side by side in every round.
 void run_vfio(std::vector<Row>& rows, const std::string& backing, const std::string& method,
               Memory& m, VfioRig& rig, uint64_t iova_base, int reps) {
   const struct {
@@ -239,52 +252,71 @@ void run_vfio(std::vector<Row>& rows, const std::string& backing, const std::str
                {"perfolio", vfio::PlanPolicy::kPerFolio},
                {"planned", vfio::PlanPolicy::kMinimal},
                {"raw", std::nullopt}};
+  struct Case {
+    Row row;
+    std::unique_ptr<vfio::DmaMapper> mapper;
+    Step pin, unpin;
+  };
+  std::vector<Case> cases;
+  const vfio::DmaRegion region{reinterpret_cast<uint64_t>(m.p), iova_base, m.size, m.page, {}};
   for (const auto& plan : plans) {
-    Row row{backing, method, plan.name, 0, {}, {}};
+    Case c{Row{backing, method, plan.name, 0, {}, {}}, nullptr, {}, {}};
     if (!rig.error.empty()) {
-      row.skipped = rig.error;
-      rows.push_back(std::move(row));
-      continue;
-    }
-    vfio::DmaRegion region{reinterpret_cast<uint64_t>(m.p), iova_base, m.size, m.page};
-    if (plan.policy) {
+      c.row.skipped = rig.error;
+    } else if (plan.policy) {
       auto avail = rig.container->info().dma_avail.value_or(UINT32_MAX);
       auto p = vfio::plan_dma(std::span(&region, 1), rig.container->info(), *plan.policy, avail);
       if (!p.ok()) {
-        row.skipped = "plan refused: " + errstr(p.error());
-        if (p.error() == Errc::kDmaLimit) row.skipped += " (more calls than DMA_AVAIL)";
-        rows.push_back(std::move(row));
-        continue;
+        c.row.skipped = "plan refused: " + errstr(p.error());
+        if (p.error() == Errc::kDmaLimit) c.row.skipped += " (more calls than DMA_AVAIL)";
+      } else {
+        c.row.calls = p->calls.size();
+        c.mapper = std::make_unique<vfio::DmaMapper>(*rig.container, *plan.policy);
+        vfio::DmaMapper* mp = c.mapper.get();
+        c.pin = [mp, region] {
+          Status s = mp->map(std::span(&region, 1));
+          return s.ok() ? std::string() : errstr(s.error());
+        };
+        // Unmapped with the granularity it was mapped (one call per mapping),
+        // as a mapper releasing a region does.
+        c.unpin = [mp, region] {
+          Status s = mp->unmap(std::span(&region, 1));
+          return s.ok() ? std::string() : errstr(s.error());
+        };
       }
-      row.calls = p->calls.size();
-      auto mapper = std::make_unique<vfio::DmaMapper>(*rig.container, *plan.policy);
-      measure(
-          row, reps,
-          [&] {
-            Status s = mapper->map(std::span(&region, 1));
-            return s.ok() ? std::string() : errstr(s.error());
-          },
-          [&] {
-            // Unmapped with the granularity it was mapped (one call each),
-            // as a mapper releasing a region does.
-            Status s = mapper->unmap(std::span(&region, 1));
-            return s.ok() ? std::string() : errstr(s.error());
-          });
     } else {
-      row.calls = 1;
-      measure(
-          row, reps,
-          [&] {
-            Status s = rig.container->map_dma(region.vaddr, region.iova, region.size);
-            return s.ok() ? std::string() : errstr(s.error());
-          },
-          [&] {
-            auto r = rig.container->unmap_dma(region.iova, region.size);
-            return r.ok() ? std::string() : errstr(r.error());
-          });
+      c.row.calls = 1;
+      vfio::Container* ct = rig.container.get();
+      c.pin = [ct, region] {
+        Status s = ct->map_dma(region.vaddr, region.iova, region.size);
+        return s.ok() ? std::string() : errstr(s.error());
+      };
+      c.unpin = [ct, region] {
+        auto r = ct->unmap_dma(region.iova, region.size);
+        return r.ok() ? std::string() : errstr(r.error());
+      };
     }
-    rows.push_back(std::move(row));
+    cases.push_back(std::move(c));
   }
+  for (int r = 0; r < reps; ++r)
+    for (Case& c : cases) {
+      if (!c.row.skipped.empty() || !c.pin) continue;
+      progress(c.row, r, reps);
+      (void)measure_once(c.row, c.pin, c.unpin);
+    }
+  if (kProgress) std::fprintf(stderr, "\r%60s\r", "");
+  for (Case& c : cases) rows.push_back(std::move(c.row));
+}
+
+// An IOVA base for `size`: 1 GiB-aligned inside the first usable range that
+// holds all of it (no hole crossed, so one raw MAP_DMA is possible); else the
+// first range's start (the plan then splits at the holes).
+uint64_t pick_iova(const vfio::IommuInfo& info, uint64_t size) {
+  for (const vfio::IovaRange& r : info.ranges) {
+    uint64_t base = (r.start + k1G - 1) & ~(k1G - 1);
+    if (base >= r.start && base <= r.last && r.last - base >= size - 1) return base;
+  }
+  return info.ranges.front().start;
 }
 
 double median(std::vector<double> v) {
@@ -400,8 +432,7 @@ int main(int argc, char** argv) {
           rig = rigs.back().get();
         }
         uint64_t base = iova_base;
-        if (!iova_given && rig->error.empty())
-          base = (rig->container->info().ranges.front().start + k1G - 1) & ~(k1G - 1);
+        if (!iova_given && rig->error.empty()) base = pick_iova(rig->container->info(), size);
         run_vfio(rows, backing, method, mem, *rig, base, reps);
       }
     }
@@ -425,6 +456,21 @@ int main(int argc, char** argv) {
                 r.method.c_str(), r.plan.c_str(), r.calls, med, *std::min_element(pin.begin(), pin.end()),
                 *std::max_element(pin.begin(), pin.end()),
                 med > 0 ? static_cast<double>(size) / k1G / (med / 1000) : 0, median(unpin));
+  }
+
+  // The planner's overhead against the kernel's floor: per round, planned
+  // time over raw time (same range, same round), median over rounds.
+  for (size_t i = 0; i + 1 < rows.size(); ++i) {
+    const Row& p = rows[i];
+    const Row& r = rows[i + 1];
+    if (p.plan != "planned" || r.plan != "raw" || p.samples.empty() ||
+        p.samples.size() != r.samples.size())
+      continue;
+    std::vector<double> ratio;
+    for (size_t k = 0; k < p.samples.size(); ++k) ratio.push_back(p.samples[k].pin_ms / r.samples[k].pin_ms);
+    std::printf("%s %s: planned (%" PRIu64 " call%s) / raw MAP_DMA (1 call) = %.3f, median of %zu alternating rounds\n",
+                p.backing.c_str(), p.method.c_str(), p.calls, p.calls == 1 ? "" : "s", median(ratio),
+                ratio.size());
   }
 
   if (!json_path.empty() || !csv_path.empty()) {

@@ -9,6 +9,10 @@
 # the IOMMU while it lives and gone after.
 # Usage: vfio_guest.sh VFIO_EDU PINBENCH SLUICED SLUICECTL BLKBENCH WORKDIR
 # Exit 77 (meson's "skipped") when QEMU or the guest cannot be prepared.
+# With SLUICE_VFIO_PINBENCH="ARGS" (lines; @GROUP@ = edu's group) the guest
+# runs only `sluice-pinbench ARGS` per line and the tables are printed
+# (bench/pin_guest.sh);
+# SLUICE_VFIO_MEM / SLUICE_VFIO_HUGEPAGES size the guest (default 1G / 64).
 set -uo pipefail
 EDU_BIN=$1 PINBENCH=$2 SLUICED=$3 SLUICECTL=$4 BLKBENCH=$5 WORK=$6
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -38,18 +42,30 @@ cp "$PINBENCH" "$dir/root/bin/sluice-pinbench"
 cp "$SLUICED" "$dir/root/bin/sluiced"
 cp "$SLUICECTL" "$dir/root/bin/sluicectl"
 cp "$BLKBENCH" "$dir/root/bin/sluice-blkbench"
+test_name=vfio
+if [ -n "${SLUICE_VFIO_PINBENCH:-}" ]; then
+  test_name=vfio-pinbench
+  printf '%s\n' "$SLUICE_VFIO_PINBENCH" > "$dir/root/tests/pinbench.args"
+fi
+mem=${SLUICE_VFIO_MEM:-1G} hugepages=${SLUICE_VFIO_HUGEPAGES:-64}
 (cd "$dir/root" && find . -print0 | cpio --null -o -H newc --quiet) > "$dir/overlay.cpio"
 cat "$GUEST/initrd.cpio" "$dir/overlay.cpio" > "$dir/initrd.cpio"
 
 start=$(date +%s)
-timeout 600 qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 1G -nographic -no-reboot -nic none \
+timeout ${SLUICE_VFIO_TIMEOUT:-600} qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "$mem" -nographic -no-reboot -nic none \
   -machine q35,kernel-irqchip=split -device intel-iommu,intremap=on,caching-mode=on \
   -device edu \
   -kernel "$GUEST/vmlinux" -initrd "$dir/initrd.cpio" \
-  -append "console=ttyS0 quiet panic=-1 mitigations=off nokaslr tsc=reliable no_timer_check cryptomgr.notests intel_iommu=on hugepages=64 sluice.test=vfio" \
+  -append "console=ttyS0 quiet panic=-1 mitigations=off nokaslr tsc=reliable no_timer_check cryptomgr.notests intel_iommu=on hugepages=$hugepages sluice.test=$test_name" \
   > "$dir/console.log" 2>&1
 qrc=$?
 echo "vfio_guest: guest ran for $(( $(date +%s) - start )) s (qemu rc=$qrc)"
+
+if [ "$test_name" = vfio-pinbench ]; then
+  sed -n '/VFIO-PINBENCH-BEGIN/,/VFIO-PINBENCH-END/p' "$dir/console.log" | grep -v '^VFIO-PINBENCH-'
+  grep -q 'VFIO-PINBENCH-EXIT 0' "$dir/console.log" || { tail -30 "$dir/console.log"; exit 1; }
+  exit 0
+fi
 
 fail=0
 check() { if eval "$2"; then echo "vfio_guest: ok   - $1"; else echo "vfio_guest: FAIL - $1"; fail=1; fi; }
