@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
@@ -289,7 +290,7 @@ void run_vfio(std::vector<Row>& rows, const std::string& backing, const std::str
       vfio::Container* ct = rig.container.get();
       c.pin = [ct, region] {
         Status s = ct->map_dma(region.vaddr, region.iova, region.size);
-        return s.ok() ? std::string() : errstr(s.error());
+        return s.ok() ? std::string() : "one MAP_DMA of the whole range refused: " + errstr(s.error());
       };
       c.unpin = [ct, region] {
         auto r = ct->unmap_dma(region.iova, region.size);
@@ -359,9 +360,12 @@ int main(int argc, char** argv) {
     } else if (is("--csv")) {
       csv_path = value();
     } else if (is("--iova")) {
-      auto s = parse_size(value());
-      if (!s) usage("--iova must be a number");
-      iova_base = *s;
+      std::string v = value();
+      char* end = nullptr;
+      errno = 0;
+      iova_base = std::strtoull(v.c_str(), &end, 0);
+      if (v.empty() || *end != '\0' || errno != 0 || iova_base % k4K != 0)
+        usage("--iova must be a 4 KiB-aligned address (0x... or decimal)");
       iova_given = true;
     } else if (a == "--help" || a == "-h") {
       usage("pinning benchmark");
