@@ -20,4 +20,5 @@ echo "pin_guest: sizes $SIZES, $REPS reps; guest with $((max + 768)) MiB, $hp hu
 SLUICE_VFIO_PINBENCH="$args" SLUICE_VFIO_MEM="$((max + 768))M" SLUICE_VFIO_HUGEPAGES=$hp \
 SLUICE_VFIO_TIMEOUT=3000 \
   tests/e2e/vfio_guest.sh "$BUILD/tests/e2e/sluice-vfio-edu" "$BUILD/bench/sluice-pinbench" \
-    "$BUILD/control/sluiced" "$BUILD/control/sluicectl" "$BUILD/bench/sluice-blkbench" "$BUILD/tests/e2e/work"
+    "$BUILD/control/sluiced" "$BUILD/control/sluicectl" "$BUILD/bench/sluice-blkbench" \
+    "$BUILD/tests/e2e/sluice-virtio-vfio" "$BUILD/tests/e2e/work"

@@ -29,6 +29,22 @@ MappedBar& MappedBar::operator=(MappedBar&& o) noexcept {
 MappedBar::~MappedBar() {
   if (p_ != nullptr) (void)k_->munmap(p_, len_);
 }
+uint8_t MappedBar::read8(size_t off) const noexcept {
+  if (p_ == nullptr || off >= len_) return UINT8_MAX;
+  return *(data() + off);
+}
+void MappedBar::write8(size_t off, uint8_t v) noexcept {
+  if (p_ == nullptr || off >= len_) return;
+  *(data() + off) = v;
+}
+uint16_t MappedBar::read16(size_t off) const noexcept {
+  if (p_ == nullptr || off % 2 != 0 || off + 2 > len_) return UINT16_MAX;
+  return *reinterpret_cast<volatile uint16_t*>(data() + off);
+}
+void MappedBar::write16(size_t off, uint16_t v) noexcept {
+  if (p_ == nullptr || off % 2 != 0 || off + 2 > len_) return;
+  *reinterpret_cast<volatile uint16_t*>(data() + off) = v;
+}
 uint32_t MappedBar::read32(size_t off) const noexcept {
   if (p_ == nullptr || off % 4 != 0 || off + 4 > len_) return UINT32_MAX;
   return *reinterpret_cast<volatile uint32_t*>(data() + off);
@@ -109,6 +125,22 @@ Status Device::region_write(uint32_t index, uint64_t off, std::span<const std::b
   if (n < 0) return sys(n);
   if (static_cast<size_t>(n) != in.size()) return Error::from_errno(EIO);
   return {};
+}
+
+Result<uint8_t> Device::config_read8(uint32_t off) {
+  if (!pci_) return Errc::kVfioRegionBad;
+  uint8_t v = 0;
+  Status s = region_read(VFIO_PCI_CONFIG_REGION_INDEX, off, std::as_writable_bytes(std::span(&v, 1)));
+  if (!s.ok()) return s.error();
+  return v;
+}
+
+Result<uint32_t> Device::config_read32(uint32_t off) {
+  if (!pci_) return Errc::kVfioRegionBad;
+  uint32_t v = 0;
+  Status s = region_read(VFIO_PCI_CONFIG_REGION_INDEX, off, std::as_writable_bytes(std::span(&v, 1)));
+  if (!s.ok()) return s.error();
+  return v;
 }
 
 Result<uint16_t> Device::config_read16(uint32_t off) {

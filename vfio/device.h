@@ -41,6 +41,10 @@ class MappedBar {
   size_t size() const noexcept { return len_; }
   // 32-bit MMIO at a checked offset; out-of-range reads give all ones, the
   // way a PCI read of nothing does, and writes are dropped.
+  uint8_t read8(size_t off) const noexcept;
+  void write8(size_t off, uint8_t v) noexcept;
+  uint16_t read16(size_t off) const noexcept;
+  void write16(size_t off, uint16_t v) noexcept;
   uint32_t read32(size_t off) const noexcept;
   void write32(size_t off, uint32_t v) noexcept;
   uint64_t read64(size_t off) const noexcept;
@@ -73,7 +77,9 @@ class Device {
   Status region_write(uint32_t index, uint64_t off, std::span<const std::byte> in);
 
   // PCI config space (vfio-pci's config region).
+  Result<uint8_t> config_read8(uint32_t off);
   Result<uint16_t> config_read16(uint32_t off);
+  Result<uint32_t> config_read32(uint32_t off);
   Status config_write16(uint32_t off, uint16_t v);
   // Sets Memory Space and Bus Master in the command register.
   Status enable_bus_master();

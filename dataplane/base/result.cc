@@ -72,6 +72,11 @@ std::string_view errc_name(Errc e) noexcept {
     case Errc::kDmaLimit: return "dma-limit";
     case Errc::kDmaOverlap: return "dma-overlap";
     case Errc::kDmaNotMapped: return "dma-not-mapped";
+    case Errc::kVirtioNoCap: return "virtio-no-cap";
+    case Errc::kVirtioFeatures: return "virtio-features";
+    case Errc::kVirtioQueueUnavailable: return "virtio-queue-unavailable";
+    case Errc::kVirtioDeviceFailed: return "virtio-device-failed";
+    case Errc::kVirtioBadUsed: return "virtio-bad-used";
   }
   return "unknown";
 }

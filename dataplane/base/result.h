@@ -88,6 +88,12 @@ enum class Errc : uint16_t {
   kDmaLimit,              // the plan needs more mappings than DMA_AVAIL allows
   kDmaOverlap,            // a range overlaps a mapped one without being the same
   kDmaNotMapped,          // an unmap of a range that was never mapped
+  // virtio-pci over VFIO (vfio/virtio_pci)
+  kVirtioNoCap,           // a required virtio PCI capability is missing or malformed
+  kVirtioFeatures,        // no VERSION_1, or the device refused FEATURES_OK
+  kVirtioQueueUnavailable,// queue index past num_queues, or a queue of size 0
+  kVirtioDeviceFailed,    // the device set NEEDS_RESET/FAILED, or reset never completed
+  kVirtioBadUsed,         // the device returned a used buffer that breaks the request
 };
 
 std::string_view errc_name(Errc e) noexcept;

@@ -7,19 +7,22 @@
 # Last, sluiced runs in the guest with --vfio-group on edu's group and
 # sluice-blkbench as its vhost-user front-end: the session's memory must be in
 # the IOMMU while it lives and gone after.
-# Usage: vfio_guest.sh VFIO_EDU PINBENCH SLUICED SLUICECTL BLKBENCH WORKDIR
+# Then Sluice's userspace virtio-pci driver (tests/e2e/virtio_vfio.cc) drives
+# three virtio-blk-pci devices (disable-legacy, iommu_platform) with 3, 2 and
+# 0 MSI-X vectors: per-queue, shared and polled; the images are checked here.
+# Usage: vfio_guest.sh VFIO_EDU PINBENCH SLUICED SLUICECTL BLKBENCH VIRTIO_VFIO WORKDIR
 # Exit 77 (meson's "skipped") when QEMU or the guest cannot be prepared.
 # With SLUICE_VFIO_PINBENCH="ARGS" (lines; @GROUP@ = edu's group) the guest
 # runs only `sluice-pinbench ARGS` per line and the tables are printed
 # (bench/pin_guest.sh);
 # SLUICE_VFIO_MEM / SLUICE_VFIO_HUGEPAGES size the guest (default 1G / 64).
 set -uo pipefail
-EDU_BIN=$1 PINBENCH=$2 SLUICED=$3 SLUICECTL=$4 BLKBENCH=$5 WORK=$6
+EDU_BIN=$1 PINBENCH=$2 SLUICED=$3 SLUICECTL=$4 BLKBENCH=$5 VIRTIO_VFIO=$6 WORK=$7
 HERE=$(cd "$(dirname "$0")" && pwd)
 GUEST=$WORK/guest
 mkdir -p "$WORK"
 bash "$HERE/setup-guest.sh" "$GUEST" || exit $?
-for b in "$EDU_BIN" "$PINBENCH" "$SLUICED" "$SLUICECTL" "$BLKBENCH"; do
+for b in "$EDU_BIN" "$PINBENCH" "$SLUICED" "$SLUICECTL" "$BLKBENCH" "$VIRTIO_VFIO"; do
   if readelf -l "$b" 2>/dev/null | grep -q INTERP; then echo "vfio_guest: $b is not static"; exit 77; fi
 done
 
@@ -42,6 +45,12 @@ cp "$PINBENCH" "$dir/root/bin/sluice-pinbench"
 cp "$SLUICED" "$dir/root/bin/sluiced"
 cp "$SLUICECTL" "$dir/root/bin/sluicectl"
 cp "$BLKBENCH" "$dir/root/bin/sluice-blkbench"
+cp "$VIRTIO_VFIO" "$dir/root/bin/sluice-virtio-vfio"
+# Three disks for the virtio-pci driver: the host's pattern in the first 64 KiB.
+for i in 0 1 2; do
+  python3 -c "import sys; sys.stdout.buffer.write(bytes((k*31+7+$i)&255 for k in range(65536)))" > "$dir/vd$i.img"
+  truncate -s 16M "$dir/vd$i.img"
+done
 test_name=vfio
 if [ -n "${SLUICE_VFIO_PINBENCH:-}" ]; then
   test_name=vfio-pinbench
@@ -55,6 +64,12 @@ start=$(date +%s)
 timeout ${SLUICE_VFIO_TIMEOUT:-600} qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "$mem" -nographic -no-reboot -nic none \
   -machine q35,kernel-irqchip=split -device intel-iommu,intremap=on,caching-mode=on \
   -device edu \
+  -drive if=none,id=vd0,file="$dir/vd0.img",format=raw,cache=unsafe \
+  -device virtio-blk-pci,drive=vd0,addr=0x10,disable-legacy=on,iommu_platform=on,num-queues=2 \
+  -drive if=none,id=vd1,file="$dir/vd1.img",format=raw,cache=unsafe \
+  -device virtio-blk-pci,drive=vd1,addr=0x11,disable-legacy=on,iommu_platform=on,num-queues=2,vectors=2 \
+  -drive if=none,id=vd2,file="$dir/vd2.img",format=raw,cache=unsafe \
+  -device virtio-blk-pci,drive=vd2,addr=0x12,disable-legacy=on,iommu_platform=on,num-queues=1,vectors=0 \
   -kernel "$GUEST/vmlinux" -initrd "$dir/initrd.cpio" \
   -append "console=ttyS0 quiet panic=-1 mitigations=off nokaslr tsc=reliable no_timer_check cryptomgr.notests intel_iommu=on hugepages=$hugepages sluice.test=$test_name" \
   > "$dir/console.log" 2>&1
@@ -92,5 +107,16 @@ check "the session's guest memory was mapped while it lived" "[ '$(mappings DURI
 check "blkbench did I/O through sluiced meanwhile" "grep -q 'VFIO-BLKBENCH-EXIT 0' '$log' && grep -qi 'iops' '$log'"
 check "all of it unmapped when the session ended" "[ '$(mappings AFTER)' = 0 ]"
 check "sluiced exited 0" "grep -q 'VFIO-SLUICED-EXIT 0' '$log'"
+grep -E '^VV-' "$log" | sed 's/^/  /'
+check "virtio-pci driver: every check passed on all three devices" \
+  "grep -q 'VV-DONE fails=0' '$log' && [ \$(grep -c '^VV-OK' '$log') -ge 24 ] && ! grep -q '^VV-FAIL' '$log'"
+for i in 0 1 2; do
+  nq=2; [ $i -eq 2 ] && nq=1
+  check "vd$i: the guest's per-queue patterns reached the image" "python3 -c '
+import sys
+d=open(\"$dir/vd$i.img\",\"rb\").read()
+ok=all(d[(2048+128*q)*512:(2048+128*q)*512+65536]==bytes((k*17+3+q+16*$i)&255 for k in range(65536)) for q in range($nq))
+sys.exit(0 if ok else 1)'"
+done
 if [ $fail -ne 0 ]; then echo "--- console (tail):"; tail -60 "$log"; fi
 exit $fail

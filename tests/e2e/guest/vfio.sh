@@ -47,3 +47,20 @@ if [ -x /bin/sluiced ]; then
   echo "VFIO-SLUICED-EXIT $?"
   grep -E 'VFIO|vfio|error' /tmp/sluiced.log | head -5 | sed 's/^/VFIO-SLUICED-LOG /'
 fi
+# Sluice's userspace virtio-pci driver over VFIO: three virtio-blk-pci devices
+# (modern only, behind the IOMMU) with 3, 2 and no MSI-X vectors.
+if [ -x /bin/sluice-virtio-vfio ]; then
+  args=
+  i=0
+  for slot in 10 11 12; do
+    A=0000:00:$slot.0
+    [ -e /sys/bus/pci/devices/$A ] || continue
+    [ -e /sys/bus/pci/devices/$A/driver ] && echo $A > /sys/bus/pci/devices/$A/driver/unbind
+    echo vfio-pci > /sys/bus/pci/devices/$A/driver_override
+    echo $A > /sys/bus/pci/drivers_probe
+    case $slot in 10) P=per-queue;; 11) P=shared;; 12) P=none;; esac
+    args="$args $A:$P:$i"; i=$((i + 1))
+  done
+  /bin/sluice-virtio-vfio $args
+  echo "VFIO-VIRTIO-EXIT $?"
+fi
