@@ -82,6 +82,7 @@ Device::~Device() {
 
 Result<RegionInfo> Device::region(uint32_t index) {
   if (index >= num_regions_) return Errc::kVfioRegionBad;
+  if (index < regions_.size() && regions_[index]) return *regions_[index];
   vfio_region_info ri{};
   ri.argsz = sizeof ri;
   ri.index = index;
@@ -89,7 +90,10 @@ Result<RegionInfo> Device::region(uint32_t index) {
   uint64_t end;
   if (__builtin_add_overflow(ri.offset, ri.size, &end) || end > static_cast<uint64_t>(INT64_MAX))
     return Errc::kVfioRegionBad;
-  return RegionInfo{index, ri.flags, ri.size, ri.offset};
+  RegionInfo info{index, ri.flags, ri.size, ri.offset};
+  if (regions_.size() <= index) regions_.resize(index + 1);
+  regions_[index] = info;
+  return info;
 }
 
 Result<MappedBar> Device::map_region(uint32_t index) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -100,6 +101,7 @@ class Device {
   uint32_t num_regions_ = 0, num_irqs_ = 0;
   bool pci_ = false, reset_ = false;
   std::vector<uint32_t> irqs_enabled_;  // indexes with vectors bound (torn down on close)
+  std::vector<std::optional<RegionInfo>> regions_;  // cache: region info does not change
 };
 
 }  // namespace sluice::vfio

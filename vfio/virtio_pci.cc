@@ -89,15 +89,18 @@ Result<std::unique_ptr<VirtioPci>> VirtioPci::open(Device& dev) {
   p->caps_ = caps.value();
   for (const VirtioCapRef* c : {&p->caps_.common, &p->caps_.notify, &p->caps_.isr, &p->caps_.device}) {
     if (!c->present) continue;
-    MappedBar& bar = p->bars_[c->bar];
-    if (bar.size() == 0) {
-      auto m = dev.map_region(VFIO_PCI_BAR0_REGION_INDEX + c->bar);
-      if (!m.ok()) return m.error();
-      bar = std::move(m.value());
-    }
     // The window must lie inside its BAR.
-    if (c->offset > bar.size() || c->length > bar.size() - c->offset) return Errc::kVirtioNoCap;
+    auto ri = dev.region(VFIO_PCI_BAR0_REGION_INDEX + c->bar);
+    if (!ri.ok()) return ri.error();
+    if (c->offset > ri->size || c->length > ri->size - c->offset) return Errc::kVirtioNoCap;
   }
+  // The doorbell BAR is mapped: notifications are plain stores.
+  auto m = dev.map_region(VFIO_PCI_BAR0_REGION_INDEX + p->caps_.notify.bar);
+  if (!m.ok()) return m.error();
+  p->bars_[p->caps_.notify.bar] = std::move(m.value());
+  if (p->caps_.notify.offset > p->bars_[p->caps_.notify.bar].size() ||
+      p->caps_.notify.length > p->bars_[p->caps_.notify.bar].size() - p->caps_.notify.offset)
+    return Errc::kVirtioNoCap;
   return p;
 }
 
@@ -110,20 +113,32 @@ VirtioPci::~VirtioPci() {
 volatile uint8_t* VirtioPci::window(const VirtioCapRef& c) const noexcept {
   return bars_[c.bar].data() + c.offset;
 }
-uint8_t VirtioPci::c8(uint32_t off) const noexcept { return window(caps_.common)[off]; }
-uint16_t VirtioPci::c16(uint32_t off) const noexcept {
-  return *reinterpret_cast<volatile uint16_t*>(window(caps_.common) + off);
+
+// Register access to the common and device windows goes through the device
+// fd (pread/pwrite on the BAR region: the syscall seam, so the fake kernel
+// can model a device); only the notify doorbell, the one hot-path write, is
+// a store into the mmapped BAR. A failed access reads as all ones, like a
+// PCI read of a device that went away.
+template <class T>
+T VirtioPci::rd(const VirtioCapRef& c, uint32_t off) const noexcept {
+  T v{};
+  if (!dev_->region_read(VFIO_PCI_BAR0_REGION_INDEX + c.bar, uint64_t{c.offset} + off,
+                         std::as_writable_bytes(std::span(&v, 1)))
+           .ok())
+    return static_cast<T>(~T{});
+  return v;
 }
-uint32_t VirtioPci::c32(uint32_t off) const noexcept {
-  return *reinterpret_cast<volatile uint32_t*>(window(caps_.common) + off);
+template <class T>
+void VirtioPci::wr(const VirtioCapRef& c, uint32_t off, T v) noexcept {
+  (void)dev_->region_write(VFIO_PCI_BAR0_REGION_INDEX + c.bar, uint64_t{c.offset} + off,
+                           std::as_bytes(std::span(&v, 1)));
 }
-void VirtioPci::w8(uint32_t off, uint8_t v) noexcept { window(caps_.common)[off] = v; }
-void VirtioPci::w16(uint32_t off, uint16_t v) noexcept {
-  *reinterpret_cast<volatile uint16_t*>(window(caps_.common) + off) = v;
-}
-void VirtioPci::w32(uint32_t off, uint32_t v) noexcept {
-  *reinterpret_cast<volatile uint32_t*>(window(caps_.common) + off) = v;
-}
+uint8_t VirtioPci::c8(uint32_t off) const noexcept { return rd<uint8_t>(caps_.common, off); }
+uint16_t VirtioPci::c16(uint32_t off) const noexcept { return rd<uint16_t>(caps_.common, off); }
+uint32_t VirtioPci::c32(uint32_t off) const noexcept { return rd<uint32_t>(caps_.common, off); }
+void VirtioPci::w8(uint32_t off, uint8_t v) noexcept { wr(caps_.common, off, v); }
+void VirtioPci::w16(uint32_t off, uint16_t v) noexcept { wr(caps_.common, off, v); }
+void VirtioPci::w32(uint32_t off, uint32_t v) noexcept { wr(caps_.common, off, v); }
 
 uint8_t VirtioPci::status() const noexcept { return c8(VIRTIO_PCI_COMMON_STATUS); }
 
@@ -172,9 +187,7 @@ Result<uint64_t> VirtioPci::negotiate(uint64_t wanted) {
   return accept;
 }
 
-uint16_t VirtioPci::num_queues() const noexcept {
-  return *reinterpret_cast<volatile uint16_t*>(window(caps_.common) + VIRTIO_PCI_COMMON_NUMQ);
-}
+uint16_t VirtioPci::num_queues() const noexcept { return c16(VIRTIO_PCI_COMMON_NUMQ); }
 
 Result<uint16_t> VirtioPci::queue_max_size(uint16_t q) {
   if (q >= num_queues()) return Errc::kVirtioQueueUnavailable;
@@ -312,7 +325,7 @@ Result<uint32_t> VirtioPci::config_read32(uint32_t off) {
     return Errc::kConfigOutOfRange;
   for (int tries = 0; tries < 100; ++tries) {
     uint8_t gen = c8(VIRTIO_PCI_COMMON_CFGGENERATION);
-    uint32_t v = *reinterpret_cast<volatile uint32_t*>(window(caps_.device) + off);
+    uint32_t v = rd<uint32_t>(caps_.device, off);
     if (c8(VIRTIO_PCI_COMMON_CFGGENERATION) == gen) return v;
   }
   return Errc::kVirtioDeviceFailed;
@@ -324,8 +337,8 @@ Result<uint64_t> VirtioPci::config_read64(uint32_t off) {
   // Two 32-bit reads under one generation (4.1.3.1).
   for (int tries = 0; tries < 100; ++tries) {
     uint8_t gen = c8(VIRTIO_PCI_COMMON_CFGGENERATION);
-    uint64_t lo = *reinterpret_cast<volatile uint32_t*>(window(caps_.device) + off);
-    uint64_t hi = *reinterpret_cast<volatile uint32_t*>(window(caps_.device) + off + 4);
+    uint64_t lo = rd<uint32_t>(caps_.device, off);
+    uint64_t hi = rd<uint32_t>(caps_.device, off + 4);
     if (c8(VIRTIO_PCI_COMMON_CFGGENERATION) == gen) return lo | (hi << 32);
   }
   return Errc::kVirtioDeviceFailed;

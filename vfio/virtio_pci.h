@@ -112,6 +112,10 @@ class VirtioPci {
   void teardown_vectors() noexcept;
   bool try_rung(VectorPolicy p, std::span<const bool> wants);
   volatile uint8_t* window(const VirtioCapRef& c) const noexcept;
+  template <class T>
+  T rd(const VirtioCapRef& c, uint32_t off) const noexcept;
+  template <class T>
+  void wr(const VirtioCapRef& c, uint32_t off, T v) noexcept;
   uint8_t c8(uint32_t off) const noexcept;
   uint16_t c16(uint32_t off) const noexcept;
   uint32_t c32(uint32_t off) const noexcept;
