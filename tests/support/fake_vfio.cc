@@ -1,6 +1,9 @@
 #include "tests/support/fake_vfio.h"
 
+#include <linux/pci_regs.h>
 #include <linux/vfio.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_pci.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -35,6 +38,7 @@ FakeVfio::~FakeVfio() {
       for (int fd : v)
         if (fd >= 0) ::close(fd);
     if (d->bar0 != nullptr) std::free(d->bar0);
+    if (d->bar4 != nullptr) std::free(d->bar4);
   }
 }
 
@@ -54,6 +58,133 @@ FakeDevice& FakeVfio::add_device(int group, const std::string& name) {
   FakeDevice& ref = *d;
   devices_[name] = std::move(d);
   return ref;
+}
+
+FakeDevice& FakeVfio::add_virtio_device(int group, const std::string& name, FakeVirtio model) {
+  FakeDevice& d = add_device(group, name);
+  d.virtio = std::make_unique<FakeVirtio>(std::move(model));
+  FakeVirtio& v = *d.virtio;
+  v.queues.assign(v.num_queues, FakeVirtio::Queue{});
+  d.bar4 = std::aligned_alloc(4096, 0x4000);
+  std::memset(d.bar4, 0, 0x4000);
+  d.msix_count = v.msix_table;
+  auto& c = d.config;
+  std::fill(c.begin(), c.end(), 0);
+  c[0] = 0xf4; c[1] = 0x1a; c[2] = 0x42; c[3] = 0x10;  // 1af4:1042, virtio-blk (modern)
+  c[PCI_STATUS] = PCI_STATUS_CAP_LIST;
+  c[PCI_CAPABILITY_LIST] = 0x40;
+  // Vendor capabilities: {id, next, len, cfg_type, bar, id, pad, pad, offset, length[, mult]}.
+  auto vcap = [&](uint8_t at, uint8_t next, uint8_t len, uint8_t type, uint32_t off, uint32_t length) {
+    c[at] = PCI_CAP_ID_VNDR;
+    c[at + 1] = next;
+    c[at + 2] = len;
+    c[at + 3] = type;
+    c[at + 4] = 4;  // BAR 4
+    std::memcpy(&c[at + 8], &off, 4);
+    std::memcpy(&c[at + 12], &length, 4);
+  };
+  vcap(0x40, 0x50, 16, VIRTIO_PCI_CAP_COMMON_CFG, 0x0, 0x1000);
+  vcap(0x50, 0x68, 20, VIRTIO_PCI_CAP_NOTIFY_CFG, 0x3000, 0x1000);
+  uint32_t mult = 4;
+  std::memcpy(&c[0x50 + 16], &mult, 4);
+  vcap(0x68, 0x78, 16, VIRTIO_PCI_CAP_ISR_CFG, 0x1000, 0x1000);
+  vcap(0x78, v.msix_table ? 0x88 : 0, 16, VIRTIO_PCI_CAP_DEVICE_CFG, 0x2000, 0x1000);
+  if (v.msix_table) {
+    c[0x88] = PCI_CAP_ID_MSIX;
+    c[0x89] = 0;
+    uint16_t ctrl = static_cast<uint16_t>(v.msix_table - 1);
+    std::memcpy(&c[0x8a], &ctrl, 2);
+  }
+  return d;
+}
+
+ssize_t FakeVfio::virtio_access(FakeDevice& d, uint64_t off, void* buf, size_t len, bool write) {
+  FakeVirtio& v = *d.virtio;
+  if (off >= 0x3000) {  // notify page: plain memory (the driver mmaps it)
+    if (off + len > 0x4000) return -EINVAL;
+    auto* m = static_cast<uint8_t*>(d.bar4) + off;
+    write ? std::memcpy(m, buf, len) : std::memcpy(buf, m, len);
+    return static_cast<ssize_t>(len);
+  }
+  if (off >= 0x2000) {  // device config
+    uint64_t o = off - 0x2000;
+    if (o + len > v.device_config.size()) return -EINVAL;
+    write ? std::memcpy(&v.device_config[o], buf, len) : std::memcpy(buf, &v.device_config[o], len);
+    return static_cast<ssize_t>(len);
+  }
+  if (off >= 0x1000) {  // ISR: read clears
+    if (!write && len >= 1) std::memset(buf, 0, len);
+    return static_cast<ssize_t>(len);
+  }
+  uint64_t val = 0;
+  if (write) std::memcpy(&val, buf, std::min<size_t>(len, 8));
+  auto q = [&]() -> FakeVirtio::Queue* {
+    return v.queue_select < v.queues.size() ? &v.queues[v.queue_select] : nullptr;
+  };
+  auto vector_ok = [&](uint16_t vec) {
+    return vec == 0xffff || (vec < v.msix_table && vec < v.refuse_vectors_from);
+  };
+  uint64_t out = 0;
+  switch (off) {
+    case VIRTIO_PCI_COMMON_DFSELECT: if (write) v.dfselect = static_cast<uint32_t>(val); else out = v.dfselect; break;
+    case VIRTIO_PCI_COMMON_DF: out = v.dfselect == 0 ? (v.features & 0xffffffff) : v.dfselect == 1 ? v.features >> 32 : 0; break;
+    case VIRTIO_PCI_COMMON_GFSELECT: if (write) v.gfselect = static_cast<uint32_t>(val); else out = v.gfselect; break;
+    case VIRTIO_PCI_COMMON_GF:
+      if (write) {
+        if (v.gfselect == 0) v.driver_features = (v.driver_features & ~uint64_t{0xffffffff}) | (val & 0xffffffff);
+        if (v.gfselect == 1) v.driver_features = (v.driver_features & 0xffffffff) | (val << 32);
+      } else {
+        out = v.gfselect == 0 ? (v.driver_features & 0xffffffff) : v.driver_features >> 32;
+      }
+      break;
+    case VIRTIO_PCI_COMMON_MSIX:
+      if (write) v.config_vector = vector_ok(static_cast<uint16_t>(val)) ? static_cast<uint16_t>(val) : 0xffff;
+      else out = v.config_vector;
+      break;
+    case VIRTIO_PCI_COMMON_NUMQ: out = v.num_queues; break;
+    case VIRTIO_PCI_COMMON_STATUS:
+      if (write) {
+        auto st = static_cast<uint8_t>(val);
+        if (st == 0) {  // reset
+          v.status = 0;
+          v.driver_features = 0;
+          v.config_vector = 0xffff;
+          v.queues.assign(v.num_queues, FakeVirtio::Queue{});
+          ++v.resets;
+        } else {
+          // FEATURES_OK only for a subset of what was offered, and not when refusing.
+          if ((st & VIRTIO_CONFIG_S_FEATURES_OK) &&
+              (v.refuse_features_ok || (v.driver_features & ~v.features) != 0))
+            st = static_cast<uint8_t>(st & ~VIRTIO_CONFIG_S_FEATURES_OK);
+          v.status = st;
+        }
+      } else {
+        out = v.status;
+      }
+      break;
+    case VIRTIO_PCI_COMMON_CFGGENERATION: out = v.generation; break;
+    case VIRTIO_PCI_COMMON_Q_SELECT: if (write) v.queue_select = static_cast<uint16_t>(val); else out = v.queue_select; break;
+    case VIRTIO_PCI_COMMON_Q_SIZE:
+      if (q() == nullptr) break;
+      if (write) q()->size = static_cast<uint16_t>(val); else out = q()->size ? q()->size : v.queue_max;
+      break;
+    case VIRTIO_PCI_COMMON_Q_MSIX:
+      if (q() == nullptr) { out = 0xffff; break; }
+      if (write) q()->vector = vector_ok(static_cast<uint16_t>(val)) ? static_cast<uint16_t>(val) : 0xffff;
+      else out = q()->vector;
+      break;
+    case VIRTIO_PCI_COMMON_Q_ENABLE: if (q() && write) q()->enable = static_cast<uint16_t>(val); else if (q()) out = q()->enable; break;
+    case VIRTIO_PCI_COMMON_Q_NOFF: out = static_cast<uint64_t>(v.queue_select) * v.notify_off_step; break;
+    case VIRTIO_PCI_COMMON_Q_DESCLO: if (q() && write) q()->desc = (q()->desc & ~uint64_t{0xffffffff}) | val; break;
+    case VIRTIO_PCI_COMMON_Q_DESCHI: if (q() && write) q()->desc = (q()->desc & 0xffffffff) | (val << 32); break;
+    case VIRTIO_PCI_COMMON_Q_AVAILLO: if (q() && write) q()->avail = (q()->avail & ~uint64_t{0xffffffff}) | val; break;
+    case VIRTIO_PCI_COMMON_Q_AVAILHI: if (q() && write) q()->avail = (q()->avail & 0xffffffff) | (val << 32); break;
+    case VIRTIO_PCI_COMMON_Q_USEDLO: if (q() && write) q()->used = (q()->used & ~uint64_t{0xffffffff}) | val; break;
+    case VIRTIO_PCI_COMMON_Q_USEDHI: if (q() && write) q()->used = (q()->used & 0xffffffff) | (val << 32); break;
+    default: return -EINVAL;
+  }
+  if (!write) std::memcpy(buf, &out, std::min<size_t>(len, 8));
+  return static_cast<ssize_t>(len);
 }
 
 const std::map<uint64_t, FakeMapping>& FakeVfio::mappings(int container_fd) const {
@@ -348,6 +479,9 @@ int FakeVfio::device_ioctl(FakeDevice& d, unsigned long request, void* arg) {
       if (ri.index == VFIO_PCI_BAR0_REGION_INDEX) {
         ri.size = d.bar0_size;
         ri.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE | VFIO_REGION_INFO_FLAG_MMAP;
+      } else if (ri.index == VFIO_PCI_BAR4_REGION_INDEX && d.virtio) {
+        ri.size = 0x4000;
+        ri.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE | VFIO_REGION_INFO_FLAG_MMAP;
       } else if (ri.index == VFIO_PCI_CONFIG_REGION_INDEX) {
         ri.size = d.config.size();
         ri.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
@@ -415,8 +549,10 @@ ssize_t FakeVfio::pread(int fd, void* buf, size_t len, off_t off) {
   auto it = fds_.find(fd);
   if (it == fds_.end() || it->second.kind != Kind::kDevice) return -EBADF;
   FakeDevice& d = *devices_.at(it->second.device);
-  uint64_t base = region_off(VFIO_PCI_CONFIG_REGION_INDEX);
   auto o = static_cast<uint64_t>(off);
+  uint64_t bar4 = region_off(VFIO_PCI_BAR4_REGION_INDEX);
+  if (d.virtio && o >= bar4 && o < bar4 + 0x4000) return virtio_access(d, o - bar4, buf, len, false);
+  uint64_t base = region_off(VFIO_PCI_CONFIG_REGION_INDEX);
   if (o < base || o - base > d.config.size() || len > d.config.size() - (o - base)) return -EINVAL;
   std::memcpy(buf, d.config.data() + (o - base), len);
   return static_cast<ssize_t>(len);
@@ -426,8 +562,11 @@ ssize_t FakeVfio::pwrite(int fd, const void* buf, size_t len, off_t off) {
   auto it = fds_.find(fd);
   if (it == fds_.end() || it->second.kind != Kind::kDevice) return -EBADF;
   FakeDevice& d = *devices_.at(it->second.device);
-  uint64_t base = region_off(VFIO_PCI_CONFIG_REGION_INDEX);
   auto o = static_cast<uint64_t>(off);
+  uint64_t bar4 = region_off(VFIO_PCI_BAR4_REGION_INDEX);
+  if (d.virtio && o >= bar4 && o < bar4 + 0x4000)
+    return virtio_access(d, o - bar4, const_cast<void*>(buf), len, true);
+  uint64_t base = region_off(VFIO_PCI_CONFIG_REGION_INDEX);
   if (o < base || o - base > d.config.size() || len > d.config.size() - (o - base)) return -EINVAL;
   std::memcpy(d.config.data() + (o - base), buf, len);
   return static_cast<ssize_t>(len);
@@ -440,6 +579,8 @@ void* FakeVfio::mmap(size_t len, int, int fd, off_t off, int* err) {
     return nullptr;
   }
   FakeDevice& d = *devices_.at(it->second.device);
+  if (d.virtio && static_cast<uint64_t>(off) == region_off(VFIO_PCI_BAR4_REGION_INDEX) && len <= 0x4000)
+    return d.bar4;
   if (static_cast<uint64_t>(off) != region_off(VFIO_PCI_BAR0_REGION_INDEX) || len > d.bar0_size) {
     *err = EINVAL;
     return nullptr;
@@ -449,7 +590,7 @@ void* FakeVfio::mmap(size_t len, int, int fd, off_t off, int* err) {
 
 int FakeVfio::munmap(void* addr, size_t) {
   for (auto& [name, d] : devices_)
-    if (d->bar0 == addr) return 0;
+    if (d->bar0 == addr || d->bar4 == addr) return 0;
   return -EINVAL;
 }
 

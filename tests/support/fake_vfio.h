@@ -40,11 +40,42 @@ struct FakeMapping {
   uint64_t vaddr, iova, size;
 };
 
+// A modern virtio-pci device's registers, behind BAR 4 of a FakeDevice
+// (common config at 0x0, ISR at 0x1000, device config at 0x2000, notify at
+// 0x3000 with multiplier 4), reached through pread/pwrite on the BAR region
+// as the driver does. Behaves as QEMU's: reset clears status, queue state and
+// every vector; a vector the device cannot honour reads back 0xffff.
+struct FakeVirtio {
+  uint64_t features = (uint64_t{1} << 32) | (uint64_t{1} << 33);  // VERSION_1 | ACCESS_PLATFORM
+  uint16_t num_queues = 2;
+  uint16_t queue_max = 256;
+  uint16_t msix_table = 3;         // 0: no MSI-X capability at all
+  uint16_t refuse_vectors_from = 0xffff;  // vectors >= this are refused (out of resources)
+  bool refuse_features_ok = false;
+  uint16_t notify_off_step = 1;    // queue q's notify offset is q * step
+  std::vector<uint8_t> device_config = std::vector<uint8_t>(64, 0);
+  // Registers.
+  uint8_t status = 0;
+  uint32_t dfselect = 0, gfselect = 0;
+  uint64_t driver_features = 0;
+  uint16_t config_vector = 0xffff;
+  uint16_t queue_select = 0;
+  uint8_t generation = 0;
+  int resets = 0;
+  struct Queue {
+    uint16_t size = 0, vector = 0xffff, enable = 0;
+    uint64_t desc = 0, avail = 0, used = 0;
+  };
+  std::vector<Queue> queues;
+};
+
 struct FakeDevice {
   std::string name;
   std::vector<uint8_t> config = std::vector<uint8_t>(256, 0);
   void* bar0 = nullptr;  // page-aligned, bar0_size bytes
   size_t bar0_size = 4096;
+  void* bar4 = nullptr;  // virtio devices: 16 KiB of registers (the notify page is read by tests)
+  std::unique_ptr<FakeVirtio> virtio;
   uint32_t msi_count = 1;
   uint32_t msix_count = 8;
   std::map<uint32_t, std::vector<int>> irq_fds;  // index -> fd per vector (-1 unbound), dup'ed
@@ -59,6 +90,9 @@ class FakeVfio final : public vfio::Kernel {
 
   void add_group(int number, bool viable = true);
   FakeDevice& add_device(int group, const std::string& name);
+  // A virtio-pci device (modern) with the given model; its config space
+  // carries the virtio and MSI-X capabilities.
+  FakeDevice& add_virtio_device(int group, const std::string& name, FakeVirtio model = {});
 
   // Kernel seam.
   int open(const char* path, int flags) override;
@@ -105,6 +139,7 @@ class FakeVfio final : public vfio::Kernel {
   int container_ioctl(ContainerState& c, unsigned long request, void* arg);
   int group_ioctl(Fd& f, unsigned long request, void* arg);
   int device_ioctl(FakeDevice& d, unsigned long request, void* arg);
+  ssize_t virtio_access(FakeDevice& d, uint64_t off, void* buf, size_t len, bool write);
   int new_fd(Fd f);
   int get_info(ContainerState& c, void* arg);
   int map_dma(ContainerState& c, void* arg);
