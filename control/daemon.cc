@@ -24,8 +24,15 @@ std::string err_text(const Error& e) {
 
 // ---------------------------------------------------------------- BlkExport
 
-BlkExport::BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev)
-    : spec_(std::move(spec)), dev_(std::move(dev)), acceptor_(d.io()), daemon_(d) {}
+BlkExport::BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev,
+                     std::unique_ptr<OffloadParts> offload)
+    : spec_(std::move(spec)), dev_(std::move(dev)), offload_(std::move(offload)), acceptor_(d.io()),
+      daemon_(d) {}
+
+VirtioDevice& BlkExport::device() {
+  if (offload_) return *offload_->virtio;
+  return *dev_;
+}
 
 BlkExport::~BlkExport() { stop(); }
 
@@ -68,10 +75,12 @@ void BlkExport::accept() {
       ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
       ::setsockopt(s.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
       conn_.emplace(std::move(s));
-      session_ = std::make_unique<vhost::Session>(*dev_, spec_.id);
+      session_ = std::make_unique<vhost::Session>(device(), spec_.id);
       // The session's memory is empty now; from its first SET_MEM_TABLE on,
-      // every region is mapped for the VFIO containers before any ring uses it.
+      // every region is mapped for the VFIO containers before any ring uses
+      // it: the daemon's (--vfio-group) and an offload device's own.
       for (vfio::DmaMapper* m : daemon_.dma_mappers()) (void)dma_.attach(m, *session_->memory().snapshot());
+      if (offload_) (void)dma_.attach(offload_->mapper.get(), *session_->memory().snapshot());
       session_->add_memory_listener(&dma_);
       ++sessions_;
       LOG_INFO("export", "%s: front-end connected", spec_.id.c_str());
@@ -137,10 +146,23 @@ json::object BlkExport::describe() const {
   o["type"] = "vhost-user-blk";
   o["socket"] = spec_.path;
   o["file"] = spec_.file;
-  o["size"] = dev_->capacity_bytes();
-  o["queues"] = spec_.queues;
-  o["read_only"] = spec_.read_only;
-  o["direct_io"] = dev_->direct_io();
+  if (offload_) {
+    uint64_t sectors = 0;
+    auto cfg = offload_->virtio->config();
+    if (cfg.size() >= 8) std::memcpy(&sectors, cfg.data(), 8);
+    o["size"] = sectors * 512;
+    o["queues"] = offload_->virtio->max_queues();
+    o["read_only"] = false;
+    o["direct_io"] = false;
+    o["offload"] = json::object{{"device", spec_.vfio},
+                                {"vectors", std::string(vfio::vector_policy_name(offload_->virtio->pci().policy()))},
+                                {"hardware_features", offload_->virtio->hardware_features()}};
+  } else {
+    o["size"] = dev_->capacity_bytes();
+    o["queues"] = spec_.queues;
+    o["read_only"] = spec_.read_only;
+    o["direct_io"] = dev_->direct_io();
+  }
   o["connected"] = conn_.has_value();
   o["sessions"] = sessions_;
   o["refused_messages"] = refused_messages_;
@@ -151,6 +173,20 @@ json::object BlkExport::stats() const {
   json::object o;
   o["id"] = spec_.id;
   json::array qs;
+  if (offload_) {
+    // The device runs these queues: what we see is the plumbing, not requests.
+    for (uint16_t i = 0; i < offload_->virtio->max_queues(); ++i) {
+      vfio::OffloadQueueStats s = offload_->virtio->queue_stats(i);
+      qs.push_back(json::object{{"queue", i},
+                                {"running", s.running},
+                                {"offloaded", true},
+                                {"vector", s.vector},
+                                {"call_fd", s.call_fd},
+                                {"kicks_relayed", s.kicks}});
+    }
+    o["queues"] = std::move(qs);
+    return o;
+  }
   for (uint16_t i = 0; i < spec_.queues; ++i) {
     const blk::BlkQueueStats& s = dev_->stats(i);
     json::object q;
@@ -179,6 +215,10 @@ void Daemon::add_blk(const BlkSpec& spec) {
   for (auto& [id, e] : exports_)
     if (e->spec().path == spec.path)
       throw std::runtime_error("socket " + spec.path + " is already used by export '" + id + "'");
+  if (spec.offload) {
+    add_offload(spec);
+    return;
+  }
   std::vector<Worker*> ws;
   for (auto& w : workers_) ws.push_back(w.get());
   blk::BlkOptions o;
@@ -201,6 +241,45 @@ void Daemon::add_blk(const BlkSpec& spec) {
   LOG_INFO("daemon", "export %s: %s (%s%s, %u queue%s) on %s", spec.id.c_str(), spec.file.c_str(),
            format_size(e->describe().at("size").as_uint64()).c_str(), spec.read_only ? ", read-only" : "",
            spec.queues, spec.queues == 1 ? "" : "s", spec.path.c_str());
+  exports_[spec.id] = std::move(e);
+}
+
+void Daemon::add_offload(const BlkSpec& spec) {
+  vfio::Kernel& k = opts_.vfio_kernel ? *opts_.vfio_kernel : vfio::Kernel::real();
+  auto parts = std::make_unique<OffloadParts>();
+  auto g = vfio::iommu_group_of(spec.vfio);
+  if (!g.ok())
+    throw std::runtime_error("vfio=" + spec.vfio + ": no IOMMU group (" + err_text(g.error()) +
+                             "; is the device bound to vfio-pci?)");
+  auto c = vfio::Container::open(k);
+  if (!c.ok()) throw std::runtime_error("cannot open /dev/vfio/vfio: " + err_text(c.error()));
+  parts->container = std::move(c.value());
+  auto grp = vfio::Group::open(g.value(), k);
+  if (!grp.ok())
+    throw std::runtime_error("cannot open VFIO group " + std::to_string(g.value()) + " of " + spec.vfio + ": " +
+                             err_text(grp.error()));
+  parts->group = std::move(grp.value());
+  if (Status s = parts->group->attach(*parts->container); !s.ok())
+    throw std::runtime_error("cannot attach VFIO group: " + err_text(s.error()));
+  auto dev = parts->group->open_device(spec.vfio);
+  if (!dev.ok()) throw std::runtime_error("cannot open " + spec.vfio + ": " + err_text(dev.error()));
+  parts->device = std::move(dev.value());
+  parts->mapper = std::make_unique<vfio::DmaMapper>(*parts->container);
+  auto v = vfio::VirtioOffloadDevice::open(*parts->device);
+  if (!v.ok())
+    throw std::runtime_error(spec.vfio + " is not a usable virtio device: " + err_text(v.error()));
+  parts->virtio = std::move(v.value());
+  if (parts->virtio->device_id() != 2)
+    throw std::runtime_error(spec.vfio + " is virtio device type " + std::to_string(parts->virtio->device_id()) +
+                             ", not a block device (2)");
+  auto e = std::make_unique<BlkExport>(*this, spec, nullptr, std::move(parts));
+  try {
+    e->start();
+  } catch (const std::exception& ex) {
+    throw std::runtime_error("cannot listen on " + spec.path + ": " + ex.what());
+  }
+  LOG_INFO("daemon", "export %s: queues offloaded to %s (%s) on %s", spec.id.c_str(), spec.vfio.c_str(),
+           format_size(e->describe().at("size").as_uint64()).c_str(), spec.path.c_str());
   exports_[spec.id] = std::move(e);
 }
 

@@ -17,6 +17,7 @@
 #include "dataplane/worker/worker.h"
 #include "vfio/container.h"
 #include "vfio/dma_mapper.h"
+#include "vfio/offload.h"
 #include "vhost/session.h"
 
 namespace sluice::control {
@@ -26,11 +27,24 @@ using unix_socket = asio::local::stream_protocol;
 
 class Daemon;
 
-// One vhost-user-blk export: its device, its listening socket, and the
-// session of the front-end connected to it (one at a time).
+// A virtio device behind VFIO whose queues an export hands over (offload=on):
+// its own container (the session's memory is mapped there, IOVA = guest
+// physical address), group, device and the offload device model.
+struct OffloadParts {
+  std::unique_ptr<vfio::Container> container;
+  std::unique_ptr<vfio::Group> group;
+  std::unique_ptr<vfio::Device> device;
+  std::unique_ptr<vfio::DmaMapper> mapper;
+  std::unique_ptr<vfio::VirtioOffloadDevice> virtio;
+};
+
+// One vhost-user-blk export: its device (Sluice's blk model on a worker, or a
+// device behind VFIO that runs the queues itself), its listening socket, and
+// the session of the front-end connected to it (one at a time).
 class BlkExport {
  public:
-  BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev);
+  BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev,
+            std::unique_ptr<OffloadParts> offload = nullptr);
   ~BlkExport();
   void start();  // binds and listens; throws on failure
   void stop();   // ends the session (queues drained), closes and unlinks the socket
@@ -46,8 +60,11 @@ class BlkExport {
   void on_readable();
   void end_session(const char* why);
 
+  VirtioDevice& device();
+
   BlkSpec spec_;
-  std::unique_ptr<blk::BlkDevice> dev_;
+  std::unique_ptr<blk::BlkDevice> dev_;       // software data plane, or
+  std::unique_ptr<OffloadParts> offload_;     // queues run by a VFIO device
   unix_socket::acceptor acceptor_;
   std::optional<unix_socket::socket> conn_;
   std::unique_ptr<vhost::Session> session_;
@@ -97,6 +114,8 @@ class Daemon {
   // Opens the VFIO containers named in the options (throws with a message a
   // user can act on). run() calls it before any export starts.
   void open_vfio();
+  // An export whose queues a virtio device behind VFIO runs (offload=on).
+  void add_offload(const BlkSpec& spec);
   std::vector<vfio::DmaMapper*> dma_mappers();
 
  private:

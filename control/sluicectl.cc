@@ -135,6 +135,21 @@ int main(int argc, char** argv) {
     }
   } else if (cmd == "stats") {
     auto print = [](const json::object& o) {
+      const auto& queues = o.at("queues").as_array();
+      if (!queues.empty() && queues[0].as_object().contains("offloaded")) {
+        // Queues run by a device behind VFIO: interrupts go straight to the
+        // VMM's call fds; we only relay kicks.
+        std::printf("%s (offloaded):\n  %-5s %-8s %-8s %-8s %12s\n", std::string(o.at("id").as_string()).c_str(),
+                    "QUEUE", "RUNNING", "VECTOR", "CALL_FD", "KICKS");
+        for (auto& q : queues) {
+          auto& x = q.as_object();
+          std::printf("  %-5lld %-8s %-8lld %-8lld %12llu\n", static_cast<long long>(x.at("queue").to_number<int64_t>()),
+                      x.at("running").as_bool() ? "yes" : "no", static_cast<long long>(x.at("vector").to_number<int64_t>()),
+                      static_cast<long long>(x.at("call_fd").to_number<int64_t>()),
+                      static_cast<unsigned long long>(x.at("kicks_relayed").to_number<uint64_t>()));
+        }
+        return;
+      }
       std::printf("%s:\n  %-5s %-8s %12s %14s %14s %8s %8s %10s\n", std::string(o.at("id").as_string()).c_str(),
                   "QUEUE", "RUNNING", "REQUESTS", "READ", "WRITTEN", "ERRORS", "FLUSHES", "BATCHES");
       for (auto& q : o.at("queues").as_array()) {

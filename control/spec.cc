@@ -104,16 +104,35 @@ BlkSpec parse_blk_spec(const std::string& text) {
     } else if (key == "serial") {
       if (val.size() > 20) throw SpecError("serial: at most 20 characters");
       s.serial = val;
+    } else if (key == "vfio") {
+      // DDDD:BB:DD.F, as under /sys/bus/pci/devices.
+      bool ok = val.size() == 12 && val[4] == ':' && val[7] == ':' && val[10] == '.';
+      for (size_t i = 0; ok && i < val.size(); ++i)
+        if (i != 4 && i != 7 && i != 10) ok = std::isxdigit(static_cast<unsigned char>(val[i])) != 0;
+      if (!ok) throw SpecError("vfio: a PCI address like 0000:00:05.0");
+      s.vfio = val;
+    } else if (key == "offload") {
+      if (val != "on" && val != "off") throw SpecError("offload: on or off");
+      s.offload = val == "on";
     } else if (key == "queue-size") {
       s.queue_size = static_cast<uint16_t>(parse_uint(key, val, 1024));
       if (s.queue_size < 2 || (s.queue_size & (s.queue_size - 1)))
         throw SpecError("queue-size: a power of two, 2..1024");
     } else {
-      throw SpecError("unknown key '" + key + "' (id, path, file, queues, ro, size, serial, queue-size, direct, null)");
+      throw SpecError("unknown key '" + key +
+                      "' (id, path, file, queues, ro, size, serial, queue-size, direct, null, vfio, offload)");
     }
   }
   if (!have_path) throw SpecError("path= is required (the vhost-user socket to create)");
-  if (s.null_backend) {
+  if (s.offload && s.vfio.empty()) throw SpecError("offload=on needs vfio=ADDR (the device that runs the queues)");
+  if (!s.vfio.empty()) {
+    if (!s.offload)
+      throw SpecError("vfio=ADDR needs offload=on (queues run by the device; a VFIO backend under the "
+                      "software data plane is not built yet)");
+    if (have_file || s.null_backend || s.size != 0 || s.read_only)
+      throw SpecError("vfio= serves the device's own disk: file=, null, size= and ro do not apply");
+    s.file = "vfio:" + s.vfio;
+  } else if (s.null_backend) {
     if (have_file) throw SpecError("null and file= exclude each other");
     if (s.size == 0) throw SpecError("null needs size=");
     s.file = "(null)";

@@ -20,6 +20,8 @@ struct BlkSpec {
   uint16_t queue_size = 256;
   bool null_backend = false;  // "null": no file, requests complete at once (needs size)
   bool direct = true;         // use O_DIRECT where the file and the request allow it
+  std::string vfio;           // PCI address of a virtio-blk device behind VFIO
+  bool offload = false;       // its queues are handed to that device (vDPA-style)
 };
 
 // Thrown for a malformed spec; what() says which key and why.

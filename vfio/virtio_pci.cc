@@ -6,6 +6,7 @@
 #include <linux/virtio_pci.h>
 #include <sys/eventfd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -94,6 +95,9 @@ Result<std::unique_ptr<VirtioPci>> VirtioPci::open(Device& dev) {
     if (!ri.ok()) return ri.error();
     if (c->offset > ri->size || c->length > ri->size - c->offset) return Errc::kVirtioNoCap;
   }
+  // One notify offset per queue, sized once: a relay thread may read them
+  // while the control thread enables other queues.
+  p->notify_off_.assign(p->num_queues(), UINT16_MAX);
   // The doorbell BAR is mapped: notifications are plain stores.
   auto m = dev.map_region(VFIO_PCI_BAR0_REGION_INDEX + p->caps_.notify.bar);
   if (!m.ok()) return m.error();
@@ -150,7 +154,7 @@ Status VirtioPci::reset() {
     if (std::chrono::steady_clock::now() > deadline) return Errc::kVirtioDeviceFailed;
     std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
-  notify_off_.clear();
+  std::fill(notify_off_.begin(), notify_off_.end(), UINT16_MAX);
   return {};
 }
 
@@ -300,8 +304,7 @@ Status VirtioPci::enable_queue(uint16_t q, uint16_t size, uint64_t desc, uint64_
   uint64_t at = uint64_t{noff} * caps_.notify_off_multiplier;
   if (at + 2 > caps_.notify.length) return Errc::kVirtioNoCap;
   w16(VIRTIO_PCI_COMMON_Q_ENABLE, 1);
-  if (notify_off_.size() <= q) notify_off_.resize(q + 1, UINT16_MAX);
-  notify_off_[q] = noff;
+  if (q < notify_off_.size()) notify_off_[q] = noff;
   return {};
 }
 

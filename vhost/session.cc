@@ -384,6 +384,7 @@ void Session::stop(uint16_t index) {
   if (!v.running) return;
   device_.queue_stopped(index);  // no worker touches the queue after this
   v.base = v.queue.stop();
+  if (auto b = device_.stopped_base(index)) v.base = *b;  // the device ran the ring
   v.running = false;
 }
 

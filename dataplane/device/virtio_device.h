@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 
 #include "dataplane/base/result.h"
@@ -56,6 +57,10 @@ class VirtioDevice {
   // The queue must stop: when this returns, no worker touches it again and
   // every completion is pushed and flushed. Called on the control thread.
   virtual void queue_stopped(uint16_t index) = 0;
+  // After queue_stopped(): the avail index to report to GET_VRING_BASE when
+  // the device, not the software queue, ran the ring (queue offload); none
+  // means the software queue's own index.
+  virtual std::optional<uint16_t> stopped_base(uint16_t /*index*/) { return std::nullopt; }
   // The call fd of a running queue changed (the guest masked/unmasked the
   // vector); -1 means no interrupts.
   virtual void call_fd_changed(uint16_t index, int call_fd) = 0;

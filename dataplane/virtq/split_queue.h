@@ -101,6 +101,11 @@ class alignas(64) SplitQueue {
   Error broken_reason() const noexcept { return broken_; }
   uint16_t size() const noexcept { return size_; }
   bool in_order() const noexcept { return cfg_.in_order; }
+  // Ring addresses and features as configured (an offload target programs a
+  // device with them).
+  const QueueConfig& config() const noexcept { return cfg_; }
+  // The memory table the queue is attached to (null when stopped).
+  const std::shared_ptr<const MemoryTable>& memory() const noexcept { return mem_; }
 
   // Pops the next available chain into c. Returns false when the ring is
   // empty, an error when the ring is malformed (the queue is then broken).

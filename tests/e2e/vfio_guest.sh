@@ -10,6 +10,8 @@
 # Then Sluice's userspace virtio-pci driver (tests/e2e/virtio_vfio.cc) drives
 # three virtio-blk-pci devices (disable-legacy, iommu_platform) with 3, 2 and
 # 0 MSI-X vectors: per-queue, shared and polled; the images are checked here.
+# Last, queue offload: sluiced (blk export with vfio=,offload=on) hands a
+# fourth virtio-blk-pci device the queues of sluice-blkbench's session.
 # Usage: vfio_guest.sh VFIO_EDU PINBENCH SLUICED SLUICECTL BLKBENCH VIRTIO_VFIO WORKDIR
 # Exit 77 (meson's "skipped") when QEMU or the guest cannot be prepared.
 # With SLUICE_VFIO_PINBENCH="ARGS" (lines; @GROUP@ = edu's group) the guest
@@ -47,6 +49,7 @@ cp "$SLUICECTL" "$dir/root/bin/sluicectl"
 cp "$BLKBENCH" "$dir/root/bin/sluice-blkbench"
 cp "$VIRTIO_VFIO" "$dir/root/bin/sluice-virtio-vfio"
 # Three disks for the virtio-pci driver: the host's pattern in the first 64 KiB.
+python3 -c "import sys; sys.stdout.buffer.write(bytes(4096))" > "$dir/vd3.img"; truncate -s 64M "$dir/vd3.img"
 for i in 0 1 2; do
   python3 -c "import sys; sys.stdout.buffer.write(bytes((k*31+7+$i)&255 for k in range(65536)))" > "$dir/vd$i.img"
   truncate -s 16M "$dir/vd$i.img"
@@ -70,6 +73,8 @@ timeout ${SLUICE_VFIO_TIMEOUT:-600} qemu-system-x86_64 -accel tcg -cpu max -smp 
   -device virtio-blk-pci,drive=vd1,addr=0x11,disable-legacy=on,iommu_platform=on,num-queues=2,vectors=2 \
   -drive if=none,id=vd2,file="$dir/vd2.img",format=raw,cache=unsafe \
   -device virtio-blk-pci,drive=vd2,addr=0x12,disable-legacy=on,iommu_platform=on,num-queues=1,vectors=0 \
+  -drive if=none,id=vd3,file="$dir/vd3.img",format=raw,cache=unsafe \
+  -device virtio-blk-pci,drive=vd3,addr=0x13,disable-legacy=on,iommu_platform=on,num-queues=1 \
   -kernel "$GUEST/vmlinux" -initrd "$dir/initrd.cpio" \
   -append "console=ttyS0 quiet panic=-1 mitigations=off nokaslr tsc=reliable no_timer_check cryptomgr.notests intel_iommu=on hugepages=$hugepages sluice.test=$test_name" \
   > "$dir/console.log" 2>&1
@@ -118,5 +123,26 @@ d=open(\"$dir/vd$i.img\",\"rb\").read()
 ok=all(d[(2048+128*q)*512:(2048+128*q)*512+65536]==bytes((k*17+3+q+16*$i)&255 for k in range(65536)) for q in range($nq))
 sys.exit(0 if ok else 1)'"
 done
+grep -E '^VFIO-OFFLOAD' "$log" | sed 's/^/  /'
+check "offload: export listed with its device" "grep -q 'VFIO-OFFLOAD-LIST .*\"offload\":{\"device\":\"0000:00:13.0\"' '$log'"
+check "offload: every block written and read back intact through the device" \
+  "grep -q 'VFIO-OFFLOAD-VERIFY-EXIT 0' '$log' && grep -q 'VFIO-OFFLOAD-BENCH verify: 16384 blocks of 4096 bytes written and read back, 0 mismatches' '$log'"
+check "offload: the device signalled the front-end's call eventfd" \
+  "[ \$(sed -n 's/^VFIO-OFFLOAD-BENCH call-signals //p' '$log' | tr -d '\r' | head -1) -gt 0 ] 2>/dev/null"
+check "offload: queue 0 offloaded and running, its vector bound to the front-end's call fd" \
+  "sed -n 's/^VFIO-OFFLOAD-STATS //p' '$log' | python3 -c 'import json,sys; q=json.load(sys.stdin)[\"queues\"][0]; sys.exit(0 if q[\"offloaded\"] and q[\"running\"] and q[\"vector\"]==1 and q[\"call_fd\"]>=0 else 1)'"
+check "offload: random reads ran" "grep -q 'VFIO-OFFLOAD-READ-EXIT 0' '$log'"
+check "offload: the workers slept through it (under 100 poll rounds)" "python3 -c '
+import json,re,sys
+t=open(\"$log\").read()
+b=json.loads(re.search(r\"VFIO-OFFLOAD-WORKERS-BEFORE (.*)\",t).group(1)); a=json.loads(re.search(r\"VFIO-OFFLOAD-WORKERS-AFTER (.*)\",t).group(1))
+sys.exit(0 if sum(x[\"polls\"] for x in a)-sum(x[\"polls\"] for x in b) < 100 else 1)'"
+check "offload: the image holds the front-end's pattern" "python3 -c '
+import struct,sys
+d=open(\"$dir/vd3.img\",\"rb\").read(1<<20)
+for i in range(0,len(d),8):
+    s=i//512; v=((s*0x9e3779b97f4a7c15)&0xffffffffffffffff)^(i%512)
+    if struct.unpack_from(\"<Q\",d,i)[0]!=v: sys.exit(1)'"
+check "offload: sluiced exited 0" "grep -q 'VFIO-OFFLOAD-SLUICED-EXIT 0' '$log'"
 if [ $fail -ne 0 ]; then echo "--- console (tail):"; tail -60 "$log"; fi
 exit $fail

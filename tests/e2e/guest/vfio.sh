@@ -64,3 +64,31 @@ if [ -x /bin/sluice-virtio-vfio ]; then
   /bin/sluice-virtio-vfio $args
   echo "VFIO-VIRTIO-EXIT $?"
 fi
+# Queue offload: sluiced hands a vhost-user-blk export's queues to a fourth
+# virtio-blk-pci device; sluice-blkbench is the front-end. The device reads
+# the front-end's rings and buffers through the IOMMU and raises its MSI-X
+# straight onto the front-end's call eventfd; the workers stay asleep.
+A=0000:00:13.0
+if [ -x /bin/sluiced ] && [ -e /sys/bus/pci/devices/$A ]; then
+  [ -e /sys/bus/pci/devices/$A/driver ] && echo $A > /sys/bus/pci/devices/$A/driver/unbind
+  echo vfio-pci > /sys/bus/pci/devices/$A/driver_override
+  echo $A > /sys/bus/pci/drivers_probe
+  /bin/sluiced --blk id=o,path=/tmp/o.sock,vfio=$A,offload=on --api /tmp/api2.sock > /tmp/sluiced2.log 2>&1 &
+  SPID=$!
+  for i in $(seq 1 100); do [ -S /tmp/api2.sock ] && [ -S /tmp/o.sock ] && break; sleep 0.1; done
+  echo "VFIO-OFFLOAD-LIST $(/bin/sluicectl --api /tmp/api2.sock --json list)"
+  echo "VFIO-OFFLOAD-WORKERS-BEFORE $(/bin/sluicectl --api /tmp/api2.sock --json workers)"
+  /bin/sluice-blkbench --socket /tmp/o.sock --rw verify --qd 8 --irq > /tmp/offload.log 2>&1
+  echo "VFIO-OFFLOAD-VERIFY-EXIT $?"
+  /bin/sluice-blkbench --socket /tmp/o.sock --rw randread --qd 8 --seconds 3 --irq >> /tmp/offload.log 2>&1 &
+  BPID=$!
+  sleep 1.5
+  echo "VFIO-OFFLOAD-STATS $(/bin/sluicectl --api /tmp/api2.sock --json stats o)"
+  wait $BPID
+  echo "VFIO-OFFLOAD-READ-EXIT $?"
+  echo "VFIO-OFFLOAD-WORKERS-AFTER $(/bin/sluicectl --api /tmp/api2.sock --json workers)"
+  sed 's/^/VFIO-OFFLOAD-BENCH /' /tmp/offload.log
+  kill -TERM $SPID; wait $SPID
+  echo "VFIO-OFFLOAD-SLUICED-EXIT $?"
+  grep -iE 'warn|error|offload' /tmp/sluiced2.log | head -8 | sed 's/^/VFIO-OFFLOAD-LOG /'
+fi
