@@ -21,6 +21,8 @@
 #include "tests/support/fake_vfio.h"
 #include "vfio/container.h"
 #include "vfio/dma_mapper.h"
+#include "tests/support/mock_guest.h"
+#include "vfio/offload.h"
 #include "vfio/virtio_blk.h"
 #include "vfio/virtio_pci.h"
 
@@ -442,6 +444,150 @@ TEST(VirtioBlkDriver, TeardownResetsTheDeviceAndUnmapsTheArena) {
   b->drv.reset();
   EXPECT_GT(b->r.v().resets, resets);
   EXPECT_EQ(b->mapper->kernel_mappings(), 0u);
+}
+
+// ---------------------------------------------------------------- offload
+
+// A session's view: guest memory, a front-end ring in it, the queue the
+// session would configure, and the kick/call eventfds.
+struct OffloadRig {
+  OffloadRig() : r(BlkRig::model()), drv(guest, test::QueueLayout{.size = 64, .indirect = false}) {
+    auto o = VirtioOffloadDevice::open(*r.device);
+    EXPECT_TRUE(o.ok());
+    dev = std::move(o.value());
+    kick.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    call.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  }
+  QueueBinding start(uint16_t base = 0) {
+    EXPECT_TRUE(q.configure(drv.device_config()).ok());
+    EXPECT_TRUE(q.attach(guest.table()).ok());
+    q.set_base(base);
+    return QueueBinding{0, &q, kick.get(), call.get(), nullptr};
+  }
+  uint16_t doorbell(uint16_t queue) {
+    uint16_t v;
+    std::memcpy(&v, static_cast<uint8_t*>(r.dev_model->bar4) + 0x3000 + queue * 4, 2);
+    return v;
+  }
+  Rig r;
+  test::MockGuest guest;
+  test::MockDriver drv;
+  virtq::SplitQueue q;
+  std::unique_ptr<VirtioOffloadDevice> dev;
+  UniqueFd kick, call;
+};
+
+TEST(VirtioOffload, OffersTheHardwaresFeaturesAndConfig) {
+  OffloadRig o;
+  EXPECT_EQ(o.dev->device_id(), 2u);  // 0x1042 - 0x1040
+  EXPECT_EQ(o.dev->max_queues(), 2);
+  EXPECT_EQ(o.dev->max_queue_size(), 256);
+  // ACCESS_PLATFORM stays ours; VERSION_1, MQ, FLUSH pass through.
+  EXPECT_FALSE(o.dev->device_features() & (uint64_t{1} << VIRTIO_F_ACCESS_PLATFORM));
+  EXPECT_TRUE(o.dev->device_features() & (uint64_t{1} << VIRTIO_F_VERSION_1));
+  EXPECT_TRUE(o.dev->device_features() & (uint64_t{1} << VIRTIO_BLK_F_MQ));
+  uint64_t cap;
+  std::memcpy(&cap, o.dev->config().data(), 8);
+  EXPECT_EQ(cap, 2048u);
+  uint8_t b = 1;
+  EXPECT_FALSE(o.dev->write_config(0, std::span(&b, 1)).ok());
+}
+
+TEST(VirtioOffload, QueueRunsOnTheDeviceWithTheCallFdOnItsVector) {
+  OffloadRig o;
+  o.dev->set_driver_features(o.dev->device_features());
+  EXPECT_EQ(o.r.v().driver_features & (uint64_t{1} << VIRTIO_F_ACCESS_PLATFORM),
+            uint64_t{1} << VIRTIO_F_ACCESS_PLATFORM);
+  ASSERT_TRUE(o.dev->queue_started(o.start()).ok());
+  // The device queue carries the session's ring addresses (guest physical).
+  auto cfg = o.drv.device_config();
+  EXPECT_EQ(o.r.v().queues[0].enable, 1);
+  EXPECT_EQ(o.r.v().queues[0].desc, cfg.desc_addr);
+  EXPECT_EQ(o.r.v().queues[0].avail, cfg.avail_addr);
+  EXPECT_EQ(o.r.v().queues[0].used, cfg.used_addr);
+  EXPECT_TRUE(o.r.v().status & VIRTIO_CONFIG_S_DRIVER_OK);
+  // The device's vector fires the front-end's call fd itself.
+  ASSERT_TRUE(o.r.k.trigger(kAddr, VFIO_PCI_MSIX_IRQ_INDEX, o.r.v().queues[0].vector));
+  uint64_t v = 0;
+  EXPECT_EQ(::read(o.call.get(), &v, sizeof v), static_cast<ssize_t>(sizeof v));
+  EXPECT_EQ(o.dev->queue_stats(0).call_fd, o.call.get());
+  // A kick reaches the doorbell through the relay.
+  std::memset(static_cast<uint8_t*>(o.r.dev_model->bar4) + 0x3000, 0xff, 2);
+  uint64_t one = 1;
+  ASSERT_EQ(::write(o.kick.get(), &one, sizeof one), static_cast<ssize_t>(sizeof one));
+  for (int i = 0; i < 1000 && o.dev->queue_stats(0).kicks == 0; ++i) ::usleep(1000);
+  EXPECT_EQ(o.dev->queue_stats(0).kicks, 1u);
+  EXPECT_EQ(o.doorbell(0), 0);
+  // Guest masks its vector: the call fd changes, the device follows.
+  UniqueFd other(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  o.dev->call_fd_changed(0, other.get());
+  ASSERT_TRUE(o.r.k.trigger(kAddr, VFIO_PCI_MSIX_IRQ_INDEX, o.r.v().queues[0].vector));
+  EXPECT_EQ(::read(other.get(), &v, sizeof v), static_cast<ssize_t>(sizeof v));
+  EXPECT_EQ(::read(o.call.get(), &v, sizeof v), -1);
+}
+
+TEST(VirtioOffload, BaseReadBackAndRestartWhereItStopped) {
+  OffloadRig o;
+  o.dev->set_driver_features(o.dev->device_features());
+  ASSERT_TRUE(o.dev->queue_started(o.start()).ok());
+  // The "device" used 3 buffers the driver had made available.
+  std::byte* avail = o.drv.ring().avail_area();
+  std::byte* used = o.drv.ring().used_area();
+  virtq::store_release<uint16_t>(avail + virtq::kAvailIdxOff, 3);
+  virtq::store_release<uint16_t>(used + virtq::kUsedIdxOff, 3);
+  o.dev->queue_stopped(0);
+  ASSERT_TRUE(o.dev->stopped_base(0).has_value());
+  EXPECT_EQ(*o.dev->stopped_base(0), 3);
+  // A re-sent memory table restarts the ring at 3: it simply continues.
+  uint64_t resets = static_cast<uint64_t>(o.r.v().resets);
+  ASSERT_TRUE(o.dev->queue_started(o.start(3)).ok());
+  EXPECT_EQ(static_cast<uint64_t>(o.r.v().resets), resets);
+  EXPECT_EQ(o.r.v().queues[0].enable, 1);
+}
+
+TEST(VirtioOffload, RefusesWhatAPlainVirtioDeviceCannotDo) {
+  OffloadRig o;
+  // Queues before features.
+  EXPECT_FALSE(o.dev->queue_started(o.start()).ok());
+  o.dev->set_driver_features(o.dev->device_features());
+  // A ring starting at a non-zero index on a fresh device queue.
+  EXPECT_EQ(o.dev->queue_started(o.start(5)).error(), Errc::kQueueRunning);
+  EXPECT_EQ(o.r.v().queues[0].enable, 0);
+  // Shared or no vectors cannot give each queue its own call fd.
+  FakeVirtio m = BlkRig::model();
+  m.msix_table = 2;  // 2 queues need 3
+  Rig small(m);
+  auto d = VirtioOffloadDevice::open(*small.device);
+  ASSERT_TRUE(d.ok());
+  d.value()->set_driver_features(d.value()->device_features());
+  test::MockGuest g;
+  test::MockDriver drv(g, test::QueueLayout{.size = 64, .indirect = false});
+  virtq::SplitQueue q;
+  ASSERT_TRUE(q.configure(drv.device_config()).ok());
+  ASSERT_TRUE(q.attach(g.table()).ok());
+  q.set_base(0);
+  EXPECT_EQ(d.value()->queue_started(QueueBinding{0, &q, -1, -1, nullptr}).error(), Errc::kVfioIrqBad);
+}
+
+TEST(VirtioOffload, ResetWhileOffloadedStopsTheDevice) {
+  OffloadRig o;
+  o.dev->set_driver_features(o.dev->device_features());
+  ASSERT_TRUE(o.dev->queue_started(o.start()).ok());
+  int resets = o.r.v().resets;
+  o.dev->reset();
+  EXPECT_GT(o.r.v().resets, resets);
+  EXPECT_EQ(o.r.v().status, 0);
+  EXPECT_EQ(o.r.v().queues[0].enable, 0);
+  EXPECT_FALSE(o.dev->queue_stats(0).running);
+  // Kicks are no longer relayed.
+  uint64_t one = 1;
+  ASSERT_EQ(::write(o.kick.get(), &one, sizeof one), static_cast<ssize_t>(sizeof one));
+  ::usleep(20000);
+  EXPECT_EQ(o.dev->queue_stats(0).kicks, 0u);
+  // And it comes back: features, then the queue from index 0.
+  o.dev->set_driver_features(o.dev->device_features());
+  ASSERT_TRUE(o.dev->queue_started(o.start()).ok());
+  EXPECT_EQ(o.r.v().queues[0].enable, 1);
 }
 
 }  // namespace
