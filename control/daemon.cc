@@ -1,5 +1,7 @@
 #include "control/daemon.h"
 
+#include "vfio/irq_platform.h"
+
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -204,6 +206,35 @@ json::object BlkExport::stats() const {
   return o;
 }
 
+json::array BlkExport::irq() const {
+  json::array a;
+  if (offload_) {
+    for (uint16_t i = 0; i < offload_->virtio->max_queues(); ++i) {
+      vfio::OffloadQueueStats s = offload_->virtio->queue_stats(i);
+      a.push_back(json::object{
+          {"export", spec_.id},
+          {"queue", i},
+          {"kind", "device-vector"},
+          {"device", spec_.vfio},
+          {"vector", s.vector},
+          {"eventfd", s.call_fd},
+          {"running", s.running},
+          // The device's MSI-X fires the VMM's call fd directly: when the VMM
+          // made that fd a KVM irqfd, the kernel can post it to the guest.
+          {"bypass_eligible", s.running && s.call_fd >= 0}});
+    }
+    return a;
+  }
+  for (uint16_t i = 0; i < spec_.queues; ++i)
+    a.push_back(json::object{{"export", spec_.id},
+                             {"queue", i},
+                             {"kind", "software"},
+                             {"eventfd", session_ ? session_->call_fd(i) : -1},
+                             {"running", session_ && session_->queue_running(i)},
+                             {"bypass_eligible", false}});
+  return a;
+}
+
 // ---------------------------------------------------------------- Daemon
 
 Daemon::Daemon(DaemonOptions opts) : opts_(std::move(opts)) {}
@@ -368,6 +399,25 @@ json::array Daemon::vfio_stats() const {
     a.push_back(std::move(o));
   }
   return a;
+}
+
+json::object Daemon::irq() const {
+  json::array vectors;
+  for (auto& [id, e] : exports_)
+    for (auto& v : e->irq()) vectors.push_back(v);
+  vfio::IrqPlatform p = vfio::probe_irq_platform();
+  auto tri = [](int v) -> json::value {
+    if (v < 0) return nullptr;
+    return v == 1;
+  };
+  return json::object{{"vectors", std::move(vectors)},
+                      {"platform", json::object{{"arch", p.arch},
+                                                {"kvm", p.kvm},
+                                                {"cpu", p.cpu},
+                                                {"cpu_posting", tri(p.cpu_ok)},
+                                                {"iommu", p.iommu},
+                                                {"iommu_posting", tri(p.iommu_ok)},
+                                                {"bypass_possible", p.bypass_possible()}}}};
 }
 
 int Daemon::run() {
@@ -550,6 +600,8 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
       result = d.worker_stats();
     } else if (m == "vfio") {
       result = d.vfio_stats();
+    } else if (m == "irq") {
+      result = d.irq();
     } else if (m == "add-blk") {
       BlkSpec spec = parse_blk_spec(str_param("spec", true));
       d.add_blk(spec);

@@ -53,6 +53,8 @@ class BlkExport {
   bool connected() const { return conn_.has_value(); }
   boost::json::object describe() const;
   boost::json::object stats() const;
+  // One entry per queue: what signals the guest when it completes.
+  boost::json::array irq() const;
 
  private:
   void accept();
@@ -111,6 +113,7 @@ class Daemon {
   boost::json::value stats(const std::string& id) const;
   boost::json::array worker_stats() const;
   boost::json::array vfio_stats() const;
+  boost::json::object irq() const;
   // Opens the VFIO containers named in the options (throws with a message a
   // user can act on). run() calls it before any export starts.
   void open_vfio();

@@ -26,6 +26,9 @@ const char kUsage[] = R"(usage: sluicectl [--api PATH] [--json] COMMAND
   workers              data-plane workers: poll loops run and times they slept
   vfio                 VFIO containers (sluiced --vfio-group): IOMMU, IOVA ranges,
                        mappings in use, map/unmap calls made
+  irq                  every queue's interrupt: a device vector bound to the VMM's
+                       call fd (IRQ-bypass eligible) or a software signal; and
+                       whether this machine can post device interrupts to guests
   add-blk SPEC         add a vhost-user-blk export (SPEC as for sluiced --blk)
   remove ID            remove an export (its front-end is disconnected)
 
@@ -108,6 +111,7 @@ int main(int argc, char** argv) {
     if (i < argc) params["id"] = argv[i++];
   } else if (cmd == "workers") {
   } else if (cmd == "vfio") {
+  } else if (cmd == "irq") {
   } else if (cmd == "add-blk" && i < argc) {
     params["spec"] = argv[i++];
   } else if (cmd == "remove" && i < argc) {
@@ -176,6 +180,28 @@ int main(int argc, char** argv) {
                   static_cast<unsigned long long>(o.at("polls").to_number<uint64_t>()),
                   static_cast<unsigned long long>(o.at("sleeps").to_number<uint64_t>()));
     }
+  } else if (cmd == "irq") {
+    auto& o = out.as_object();
+    std::printf("%-12s %-6s %-14s %-14s %-8s %-8s %s\n", "EXPORT", "QUEUE", "KIND", "DEVICE", "VECTOR",
+                "EVENTFD", "BYPASS");
+    for (auto& v : o.at("vectors").as_array()) {
+      auto& x = v.as_object();
+      bool dev = x.at("kind").as_string() == "device-vector";
+      std::printf("%-12s %-6lld %-14s %-14s %-8s %-8lld %s\n", std::string(x.at("export").as_string()).c_str(),
+                  static_cast<long long>(x.at("queue").to_number<int64_t>()),
+                  std::string(x.at("kind").as_string()).c_str(),
+                  dev ? std::string(x.at("device").as_string()).c_str() : "-",
+                  dev ? std::to_string(x.at("vector").to_number<int64_t>()).c_str() : "-",
+                  static_cast<long long>(x.at("eventfd").to_number<int64_t>()),
+                  x.at("bypass_eligible").as_bool() ? "eligible (if the VMM's call fd is a KVM irqfd)"
+                  : dev                            ? "no (queue not running)"
+                                                   : "no (a worker signals the call fd)");
+    }
+    auto& p = o.at("platform").as_object();
+    std::printf("platform %s, %s\n  cpu:   %s\n  iommu: %s\n  => device interrupts %s be posted to guests here\n",
+                std::string(p.at("arch").as_string()).c_str(), std::string(p.at("kvm").as_string()).c_str(),
+                std::string(p.at("cpu").as_string()).c_str(), std::string(p.at("iommu").as_string()).c_str(),
+                p.at("bypass_possible").as_bool() ? "can" : "cannot be shown to");
   } else if (cmd == "vfio") {
     if (out.as_array().empty()) std::printf("no VFIO containers (start sluiced with --vfio-group N)\n");
     for (auto& v : out.as_array()) {

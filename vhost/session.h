@@ -48,6 +48,8 @@ class Session {
   uint64_t features() const noexcept { return features_; }
   uint64_t protocol_features() const noexcept { return protocol_features_; }
   bool queue_running(uint16_t i) const { return i < vrings_.size() && vrings_[i]->running; }
+  // The call eventfd the front-end gave for queue i (-1: none).
+  int call_fd(uint16_t i) const { return i < vrings_.size() ? vrings_[i]->call.get() : -1; }
   const GuestMemory& memory() const noexcept { return memory_; }
   // Listeners of this session's guest memory (the VFIO DMA mapper's bridge).
   // A listener's error refuses the memory message that caused it.

@@ -131,6 +131,8 @@ check "offload: the device signalled the front-end's call eventfd" \
   "[ \$(sed -n 's/^VFIO-OFFLOAD-BENCH call-signals //p' '$log' | tr -d '\r' | head -1) -gt 0 ] 2>/dev/null"
 check "offload: queue 0 offloaded and running, its vector bound to the front-end's call fd" \
   "sed -n 's/^VFIO-OFFLOAD-STATS //p' '$log' | python3 -c 'import json,sys; q=json.load(sys.stdin)[\"queues\"][0]; sys.exit(0 if q[\"offloaded\"] and q[\"running\"] and q[\"vector\"]==1 and q[\"call_fd\"]>=0 else 1)'"
+check "offload: sluicectl irq shows queue 0 as a device vector bound to the call fd (bypass-eligible)" \
+  "sed -n 's/^VFIO-OFFLOAD-IRQ //p' '$log' | python3 -c 'import json,sys; v=json.load(sys.stdin)[\"vectors\"][0]; sys.exit(0 if v[\"kind\"]==\"device-vector\" and v[\"bypass_eligible\"] and v[\"vector\"]==1 and v[\"device\"]==\"0000:00:13.0\" else 1)'"
 check "offload: random reads ran" "grep -q 'VFIO-OFFLOAD-READ-EXIT 0' '$log'"
 check "offload: the workers slept through it (under 100 poll rounds)" "python3 -c '
 import json,re,sys

@@ -84,6 +84,8 @@ if [ -x /bin/sluiced ] && [ -e /sys/bus/pci/devices/$A ]; then
   BPID=$!
   sleep 1.5
   echo "VFIO-OFFLOAD-STATS $(/bin/sluicectl --api /tmp/api2.sock --json stats o)"
+  echo "VFIO-OFFLOAD-IRQ $(/bin/sluicectl --api /tmp/api2.sock --json irq)"
+  /bin/sluicectl --api /tmp/api2.sock irq | sed 's/^/VFIO-OFFLOAD-IRQTABLE /'
   wait $BPID
   echo "VFIO-OFFLOAD-READ-EXIT $?"
   echo "VFIO-OFFLOAD-WORKERS-AFTER $(/bin/sluicectl --api /tmp/api2.sock --json workers)"
