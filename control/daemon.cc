@@ -1,5 +1,8 @@
 #include "control/daemon.h"
 
+#include <linux/pci_regs.h>
+#include <linux/virtio_blk.h>
+
 #include "vfio/irq_platform.h"
 
 #include <sys/socket.h>
@@ -32,7 +35,8 @@ BlkExport::BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> de
       daemon_(d) {}
 
 VirtioDevice& BlkExport::device() {
-  if (offload_) return *offload_->virtio;
+  if (offload_ && offload_->virtio) return *offload_->virtio;
+  if (offload_) return *offload_->passthrough;
   return *dev_;
 }
 
@@ -148,7 +152,16 @@ json::object BlkExport::describe() const {
   o["type"] = "vhost-user-blk";
   o["socket"] = spec_.path;
   o["file"] = spec_.file;
-  if (offload_) {
+  if (offload_ && offload_->passthrough) {
+    const vfio::PassthroughBlkDevice& p = *offload_->passthrough;
+    o["size"] = p.capacity_bytes();
+    o["queues"] = p.max_queues();
+    o["read_only"] = ((p.device_features() >> VIRTIO_BLK_F_RO) & 1) != 0;
+    o["direct_io"] = false;
+    o["vfio_backend"] = json::object{{"device", spec_.vfio},
+                                     {"vectors", std::string(vfio::vector_policy_name(offload_->passthrough->driver().pci().policy()))},
+                                     {"device_queues", offload_->passthrough->driver().queues()}};
+  } else if (offload_) {
     uint64_t sectors = 0;
     auto cfg = offload_->virtio->config();
     if (cfg.size() >= 8) std::memcpy(&sectors, cfg.data(), 8);
@@ -175,6 +188,22 @@ json::object BlkExport::stats() const {
   json::object o;
   o["id"] = spec_.id;
   json::array qs;
+  if (offload_ && offload_->passthrough) {
+    for (uint16_t i = 0; i < offload_->passthrough->max_queues(); ++i) {
+      const vfio::PassthroughQueueStats& st = offload_->passthrough->stats(i);
+      qs.push_back(json::object{{"queue", i},
+                                {"running", session_ && session_->queue_running(i)},
+                                {"requests", st.requests.load(std::memory_order_relaxed)},
+                                {"read_bytes", 0},
+                                {"write_bytes", 0},
+                                {"errors", st.errors.load(std::memory_order_relaxed)},
+                                {"flushes", 0},
+                                {"used_ring_batches", 0},
+                                {"device_interrupts", st.device_irqs.load(std::memory_order_relaxed)}});
+    }
+    o["queues"] = std::move(qs);
+    return o;
+  }
   if (offload_) {
     // The device runs these queues: what we see is the plumbing, not requests.
     for (uint16_t i = 0; i < offload_->virtio->max_queues(); ++i) {
@@ -208,7 +237,7 @@ json::object BlkExport::stats() const {
 
 json::array BlkExport::irq() const {
   json::array a;
-  if (offload_) {
+  if (offload_ && offload_->virtio) {
     for (uint16_t i = 0; i < offload_->virtio->max_queues(); ++i) {
       vfio::OffloadQueueStats s = offload_->virtio->queue_stats(i);
       a.push_back(json::object{
@@ -225,7 +254,8 @@ json::array BlkExport::irq() const {
     }
     return a;
   }
-  for (uint16_t i = 0; i < spec_.queues; ++i)
+  uint16_t nq = offload_ ? offload_->passthrough->max_queues() : spec_.queues;
+  for (uint16_t i = 0; i < nq; ++i)
     a.push_back(json::object{{"export", spec_.id},
                              {"queue", i},
                              {"kind", "software"},
@@ -246,7 +276,7 @@ void Daemon::add_blk(const BlkSpec& spec) {
   for (auto& [id, e] : exports_)
     if (e->spec().path == spec.path)
       throw std::runtime_error("socket " + spec.path + " is already used by export '" + id + "'");
-  if (spec.offload) {
+  if (!spec.vfio.empty()) {
     add_offload(spec);
     return;
   }
@@ -296,21 +326,37 @@ void Daemon::add_offload(const BlkSpec& spec) {
   if (!dev.ok()) throw std::runtime_error("cannot open " + spec.vfio + ": " + err_text(dev.error()));
   parts->device = std::move(dev.value());
   parts->mapper = std::make_unique<vfio::DmaMapper>(*parts->container);
-  auto v = vfio::VirtioOffloadDevice::open(*parts->device);
-  if (!v.ok())
-    throw std::runtime_error(spec.vfio + " is not a usable virtio device: " + err_text(v.error()));
-  parts->virtio = std::move(v.value());
-  if (parts->virtio->device_id() != 2)
-    throw std::runtime_error(spec.vfio + " is virtio device type " + std::to_string(parts->virtio->device_id()) +
-                             ", not a block device (2)");
+  auto did = parts->device->config_read16(PCI_DEVICE_ID);
+  if (!did.ok() || did.value() != 0x1042)
+    throw std::runtime_error(spec.vfio + " is not a modern virtio-blk device (PCI device id 0x1042)");
+  if (spec.offload) {
+    auto v = vfio::VirtioOffloadDevice::open(*parts->device);
+    if (!v.ok())
+      throw std::runtime_error(spec.vfio + " is not a usable virtio device: " + err_text(v.error()));
+    parts->virtio = std::move(v.value());
+  } else {
+    // The device's own rings live at the top of its IOVA space, out of the
+    // way of guest memory (IOVA = guest physical address).
+    const auto& ranges = parts->container->info().ranges;
+    uint64_t top = std::min<uint64_t>(ranges.back().last, (uint64_t{1} << 48) - 1);
+    uint64_t arena = ((top + 1) - (uint64_t{1} << 30)) & ~((uint64_t{1} << 30) - 1);
+    if (arena < ranges.back().start)
+      throw std::runtime_error(spec.vfio + ": no room for the device's rings in its IOVA space");
+    std::vector<Worker*> ws;
+    for (auto& w : workers_) ws.push_back(w.get());
+    auto p = vfio::PassthroughBlkDevice::open(*parts->device, *parts->mapper, ws, arena);
+    if (!p.ok()) throw std::runtime_error(spec.vfio + ": cannot start the device: " + err_text(p.error()));
+    parts->passthrough = std::move(p.value());
+  }
   auto e = std::make_unique<BlkExport>(*this, spec, nullptr, std::move(parts));
   try {
     e->start();
   } catch (const std::exception& ex) {
     throw std::runtime_error("cannot listen on " + spec.path + ": " + ex.what());
   }
-  LOG_INFO("daemon", "export %s: queues offloaded to %s (%s) on %s", spec.id.c_str(), spec.vfio.c_str(),
-           format_size(e->describe().at("size").as_uint64()).c_str(), spec.path.c_str());
+  LOG_INFO("daemon", "export %s: %s %s (%s) on %s", spec.id.c_str(),
+           spec.offload ? "queues offloaded to" : "served by Sluice's workers on", spec.vfio.c_str(),
+           format_size(e->describe().at("size").to_number<uint64_t>()).c_str(), spec.path.c_str());
   exports_[spec.id] = std::move(e);
 }
 

@@ -18,6 +18,7 @@
 #include "vfio/container.h"
 #include "vfio/dma_mapper.h"
 #include "vfio/offload.h"
+#include "vfio/passthrough_blk.h"
 #include "vhost/session.h"
 
 namespace sluice::control {
@@ -27,15 +28,18 @@ using unix_socket = asio::local::stream_protocol;
 
 class Daemon;
 
-// A virtio device behind VFIO whose queues an export hands over (offload=on):
-// its own container (the session's memory is mapped there, IOVA = guest
-// physical address), group, device and the offload device model.
+// A virtio-blk device behind VFIO serving an export: its own container (the
+// session's memory is mapped there, IOVA = guest physical address), group,
+// device, and either the offload model (offload=on: the device runs the
+// queues) or the pass-through backend (Sluice's workers feed the device the
+// guest's descriptors).
 struct OffloadParts {
   std::unique_ptr<vfio::Container> container;
   std::unique_ptr<vfio::Group> group;
   std::unique_ptr<vfio::Device> device;
   std::unique_ptr<vfio::DmaMapper> mapper;
-  std::unique_ptr<vfio::VirtioOffloadDevice> virtio;
+  std::unique_ptr<vfio::VirtioOffloadDevice> virtio;          // offload=on
+  std::unique_ptr<vfio::PassthroughBlkDevice> passthrough;    // offload=off
 };
 
 // One vhost-user-blk export: its device (Sluice's blk model on a worker, or a

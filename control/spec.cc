@@ -126,9 +126,6 @@ BlkSpec parse_blk_spec(const std::string& text) {
   if (!have_path) throw SpecError("path= is required (the vhost-user socket to create)");
   if (s.offload && s.vfio.empty()) throw SpecError("offload=on needs vfio=ADDR (the device that runs the queues)");
   if (!s.vfio.empty()) {
-    if (!s.offload)
-      throw SpecError("vfio=ADDR needs offload=on (queues run by the device; a VFIO backend under the "
-                      "software data plane is not built yet)");
     if (have_file || s.null_backend || s.size != 0 || s.read_only)
       throw SpecError("vfio= serves the device's own disk: file=, null, size= and ro do not apply");
     s.file = "vfio:" + s.vfio;

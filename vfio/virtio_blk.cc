@@ -23,7 +23,8 @@ Result<std::unique_ptr<VirtioBlkDriver>> VirtioBlkDriver::start(Device& dev, Dma
   if (Status s = p.reset(); !s.ok()) return s.error();
   // No EVENT_IDX: every completion interrupts (unless a queue is polled),
   // which is what the interrupt path is tested by.
-  uint64_t wanted = uint64_t{1} << VIRTIO_BLK_F_MQ | uint64_t{1} << VIRTIO_BLK_F_FLUSH;
+  uint64_t wanted = uint64_t{1} << VIRTIO_BLK_F_MQ | uint64_t{1} << VIRTIO_BLK_F_FLUSH |
+                    uint64_t{1} << virtq::kFInOrder | opts.extra_features;
   auto feats = p.negotiate(wanted);
   if (!feats.ok()) return feats.error();
   d->features_ = feats.value();
@@ -59,6 +60,7 @@ Result<std::unique_ptr<VirtioBlkDriver>> VirtioBlkDriver::start(Device& dev, Dma
     virtq::DriverConfig cfg;
     cfg.size = size;
     cfg.event_idx = event_idx;
+    cfg.in_order = (d->features_ >> virtq::kFInOrder) & 1;
     auto desc = a.alloc(virtq::desc_table_bytes(size), 16);
     auto avail = a.alloc(virtq::avail_ring_bytes(size), 2);
     auto used = a.alloc(virtq::used_ring_bytes(size), 4);
@@ -76,6 +78,7 @@ Result<std::unique_ptr<VirtioBlkDriver>> VirtioBlkDriver::start(Device& dev, Dma
     d->hdr_iova_.push_back(hdr.value());
     d->st_iova_.push_back(st.value());
     d->irqs_.push_back(0);
+    d->last_seen_.push_back(0);
     std::vector<uint16_t> slots(size);
     for (uint16_t i = 0; i < size; ++i) slots[i] = static_cast<uint16_t>(size - 1 - i);
     d->free_slots_.push_back(std::move(slots));
@@ -139,6 +142,40 @@ Result<size_t> VirtioBlkDriver::reap(uint16_t q, const std::function<void(const 
     fn(BlkCompletion{u.token >> 16, status, u.len});
     ++n;
   }
+  return n;
+}
+
+Status VirtioBlkDriver::add_raw(uint16_t q, std::span<const virtq::DriverBuf> bufs, uint64_t token) {
+  if (q >= rings_.size()) return Errc::kVirtioQueueUnavailable;
+  if (bufs.empty() || bufs.size() > rings_[q]->free_descs()) return Errc::kQueueFull;
+  auto head = rings_[q]->add(bufs, false, token);
+  if (!head.ok()) return head.error();
+  return {};
+}
+
+void VirtioBlkDriver::kick(uint16_t q) {
+  if (q < rings_.size() && rings_[q]->publish()) pci_->notify(q);
+}
+
+bool VirtioBlkDriver::has_used(uint16_t q) const noexcept {
+  if (q >= rings_.size()) return false;
+  // A peek at the used index; get_used() validates what it finds.
+  return rings_[q]->outstanding() != 0 &&
+         virtq::load_acquire<uint16_t>(rings_[q]->used_area() + virtq::kUsedIdxOff) != last_seen_[q];
+}
+
+Result<size_t> VirtioBlkDriver::reap_raw(uint16_t q, const std::function<void(uint64_t, uint32_t)>& fn) {
+  if (q >= rings_.size()) return Errc::kVirtioQueueUnavailable;
+  size_t n = 0;
+  virtq::UsedBuf u;
+  for (;;) {
+    auto g = rings_[q]->get_used(u);
+    if (!g.ok()) return g.error();
+    if (!g.value()) break;
+    fn(u.token, u.len);
+    ++n;
+  }
+  last_seen_[q] = virtq::load_acquire<uint16_t>(rings_[q]->used_area() + virtq::kUsedIdxOff);
   return n;
 }
 

@@ -22,6 +22,8 @@ struct VirtioBlkOptions {
   uint16_t queues = 1;        // at most what the device offers
   uint16_t queue_size = 64;   // at most the device's maximum
   bool interrupts = true;     // ask for MSI-X vectors (the ladder decides)
+  // Device-specific features to accept when offered (besides MQ and FLUSH).
+  uint64_t extra_features = 0;
   uint64_t arena_iova = 0x100000;
   uint64_t arena_bytes = 2u << 20;
 };
@@ -52,6 +54,18 @@ class VirtioBlkDriver {
   // Takes completions from queue q. A device that breaks the ring's rules
   // makes the queue unusable (an error).
   Result<size_t> reap(uint16_t q, const std::function<void(const BlkCompletion&)>& fn);
+  // Pass-through: adds a whole chain as the caller built it (header, data
+  // and status buffers all IOVAs it owns) without publishing. kQueueFull
+  // when the ring lacks room.
+  Status add_raw(uint16_t q, std::span<const virtq::DriverBuf> bufs, uint64_t token);
+  // Publishes what add_raw() added and rings the doorbell if the device asks.
+  void kick(uint16_t q);
+  // Takes pass-through completions: fn(token, len the device reported).
+  Result<size_t> reap_raw(uint16_t q, const std::function<void(uint64_t, uint32_t)>& fn);
+  uint16_t free_descs(uint16_t q) const noexcept { return q < rings_.size() ? rings_[q]->free_descs() : 0; }
+  uint16_t queue_size(uint16_t q) const noexcept { return q < rings_.size() ? rings_[q]->size() : 0; }
+  // Whether the device has returned buffers not yet reaped.
+  bool has_used(uint16_t q) const noexcept;
   // Waits for queue q's interrupt (its eventfd), or polls when it has none.
   // Returns true if an interrupt arrived within timeout_ms.
   bool wait(uint16_t q, int timeout_ms);
@@ -66,6 +80,7 @@ class VirtioBlkDriver {
   std::vector<uint64_t> hdr_iova_;  // per queue: queue_size 16-byte headers
   std::vector<uint64_t> st_iova_;   // per queue: queue_size status bytes
   std::vector<uint64_t> irqs_;
+  std::vector<uint16_t> last_seen_;  // used index after the last reap_raw()
   std::vector<std::vector<uint16_t>> free_slots_;  // per queue: header/status slots
   uint64_t capacity_ = 0, features_ = 0;
 };

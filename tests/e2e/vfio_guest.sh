@@ -11,7 +11,8 @@
 # three virtio-blk-pci devices (disable-legacy, iommu_platform) with 3, 2 and
 # 0 MSI-X vectors: per-queue, shared and polled; the images are checked here.
 # Last, queue offload: sluiced (blk export with vfio=,offload=on) hands a
-# fourth virtio-blk-pci device the queues of sluice-blkbench's session.
+# fourth virtio-blk-pci device the queues of sluice-blkbench's session; and
+# a fifth serves an export as the backend of Sluice's workers (pass-through).
 # Usage: vfio_guest.sh VFIO_EDU PINBENCH SLUICED SLUICECTL BLKBENCH VIRTIO_VFIO WORKDIR
 # Exit 77 (meson's "skipped") when QEMU or the guest cannot be prepared.
 # With SLUICE_VFIO_PINBENCH="ARGS" (lines; @GROUP@ = edu's group) the guest
@@ -49,7 +50,9 @@ cp "$SLUICECTL" "$dir/root/bin/sluicectl"
 cp "$BLKBENCH" "$dir/root/bin/sluice-blkbench"
 cp "$VIRTIO_VFIO" "$dir/root/bin/sluice-virtio-vfio"
 # Three disks for the virtio-pci driver: the host's pattern in the first 64 KiB.
-python3 -c "import sys; sys.stdout.buffer.write(bytes(4096))" > "$dir/vd3.img"; truncate -s 64M "$dir/vd3.img"
+for i in 3 4; do
+  python3 -c "import sys; sys.stdout.buffer.write(bytes(4096))" > "$dir/vd$i.img"; truncate -s 64M "$dir/vd$i.img"
+done
 for i in 0 1 2; do
   python3 -c "import sys; sys.stdout.buffer.write(bytes((k*31+7+$i)&255 for k in range(65536)))" > "$dir/vd$i.img"
   truncate -s 16M "$dir/vd$i.img"
@@ -75,6 +78,8 @@ timeout ${SLUICE_VFIO_TIMEOUT:-600} qemu-system-x86_64 -accel tcg -cpu max -smp 
   -device virtio-blk-pci,drive=vd2,addr=0x12,disable-legacy=on,iommu_platform=on,num-queues=1,vectors=0 \
   -drive if=none,id=vd3,file="$dir/vd3.img",format=raw,cache=unsafe \
   -device virtio-blk-pci,drive=vd3,addr=0x13,disable-legacy=on,iommu_platform=on,num-queues=1 \
+  -drive if=none,id=vd4,file="$dir/vd4.img",format=raw,cache=unsafe \
+  -device virtio-blk-pci,drive=vd4,addr=0x14,disable-legacy=on,iommu_platform=on,num-queues=2 \
   -kernel "$GUEST/vmlinux" -initrd "$dir/initrd.cpio" \
   -append "console=ttyS0 quiet panic=-1 mitigations=off nokaslr tsc=reliable no_timer_check cryptomgr.notests intel_iommu=on hugepages=$hugepages sluice.test=$test_name" \
   > "$dir/console.log" 2>&1
@@ -146,5 +151,20 @@ for i in range(0,len(d),8):
     s=i//512; v=((s*0x9e3779b97f4a7c15)&0xffffffffffffffff)^(i%512)
     if struct.unpack_from(\"<Q\",d,i)[0]!=v: sys.exit(1)'"
 check "offload: sluiced exited 0" "grep -q 'VFIO-OFFLOAD-SLUICED-EXIT 0' '$log'"
+grep -E '^VFIO-PT' "$log" | sed 's/^/  /'
+check "pass-through: export served by the workers on the device, 2 queues" \
+  "sed -n 's/^VFIO-PT-LIST //p' '$log' | python3 -c 'import json,sys; e=json.load(sys.stdin)[0]; sys.exit(0 if e[\"vfio_backend\"][\"device\"]==\"0000:00:14.0\" and e[\"queues\"]==2 else 1)'"
+check "pass-through: every block written and read back intact (2 queues)" \
+  "grep -q 'VFIO-PT-VERIFY-EXIT 0' '$log' && grep -q 'VFIO-PT-BENCH verify: 16384 blocks of 4096 bytes written and read back, 0 mismatches' '$log'"
+check "pass-through: random reads ran" "grep -q 'VFIO-PT-READ-EXIT 0' '$log'"
+check "pass-through: both queues carried requests, no errors, the device interrupted the workers" \
+  "sed -n 's/^VFIO-PT-STATS //p' '$log' | python3 -c 'import json,sys; q=json.load(sys.stdin)[\"queues\"]; sys.exit(0 if all(x[\"requests\"]>0 and x[\"errors\"]==0 and x[\"device_interrupts\"]>0 for x in q) else 1)'"
+check "pass-through: the image holds the front-end's pattern" "python3 -c '
+import struct,sys
+d=open(\"$dir/vd4.img\",\"rb\").read(1<<20)
+for i in range(0,len(d),8):
+    s=i//512; v=((s*0x9e3779b97f4a7c15)&0xffffffffffffffff)^(i%512)
+    if struct.unpack_from(\"<Q\",d,i)[0]!=v: sys.exit(1)'"
+check "pass-through: sluiced exited 0" "grep -q 'VFIO-PT-SLUICED-EXIT 0' '$log'"
 if [ $fail -ne 0 ]; then echo "--- console (tail):"; tail -60 "$log"; fi
 exit $fail

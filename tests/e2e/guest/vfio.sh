@@ -94,3 +94,25 @@ if [ -x /bin/sluiced ] && [ -e /sys/bus/pci/devices/$A ]; then
   echo "VFIO-OFFLOAD-SLUICED-EXIT $?"
   grep -iE 'warn|error|offload' /tmp/sluiced2.log | head -8 | sed 's/^/VFIO-OFFLOAD-LOG /'
 fi
+# The same hardware as the backend of Sluice's software data plane: workers
+# pop the front-end's requests and hand the device the guest's own
+# descriptors (IOVA = guest physical address), no copy, no bounce.
+A=0000:00:14.0
+if [ -x /bin/sluiced ] && [ -e /sys/bus/pci/devices/$A ]; then
+  [ -e /sys/bus/pci/devices/$A/driver ] && echo $A > /sys/bus/pci/devices/$A/driver/unbind
+  echo vfio-pci > /sys/bus/pci/devices/$A/driver_override
+  echo $A > /sys/bus/pci/drivers_probe
+  /bin/sluiced --blk id=p,path=/tmp/p.sock,vfio=$A --api /tmp/api3.sock > /tmp/sluiced3.log 2>&1 &
+  SPID=$!
+  for i in $(seq 1 100); do [ -S /tmp/api3.sock ] && [ -S /tmp/p.sock ] && break; sleep 0.1; done
+  echo "VFIO-PT-LIST $(/bin/sluicectl --api /tmp/api3.sock --json list)"
+  /bin/sluice-blkbench --socket /tmp/p.sock --rw verify --qd 16 --queues 2 --irq > /tmp/pt.log 2>&1
+  echo "VFIO-PT-VERIFY-EXIT $?"
+  /bin/sluice-blkbench --socket /tmp/p.sock --rw randread --qd 16 --queues 2 --seconds 2 --irq >> /tmp/pt.log 2>&1
+  echo "VFIO-PT-READ-EXIT $?"
+  echo "VFIO-PT-STATS $(/bin/sluicectl --api /tmp/api3.sock --json stats p)"
+  sed 's/^/VFIO-PT-BENCH /' /tmp/pt.log
+  kill -TERM $SPID; wait $SPID
+  echo "VFIO-PT-SLUICED-EXIT $?"
+  grep -iE 'warn|error|served' /tmp/sluiced3.log | head -8 | sed 's/^/VFIO-PT-LOG /'
+fi
