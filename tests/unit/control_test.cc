@@ -61,11 +61,29 @@ TEST(BlkSpec, Refusals) {
            "path=/tmp/a.sock,file=/x,direct=maybe",
            "path=/tmp/a.sock,file=/x,ro=perhaps",
            "path=/tmp/a.sock,file=/x,novalue",
+           "path=/tmp/a.sock,vfio=00:05.0",             // not DDDD:BB:DD.F
+           "path=/tmp/a.sock,vfio=0000:00:05.g",        // not hex
+           "path=/tmp/a.sock,vfio=0000:00:05.0,file=/x",  // the device is the disk
+           "path=/tmp/a.sock,vfio=0000:00:05.0,null",
+           "path=/tmp/a.sock,vfio=0000:00:05.0,size=1G",
+           "path=/tmp/a.sock,vfio=0000:00:05.0,ro",
+           "path=/tmp/a.sock,file=/x,offload=on",       // offload needs vfio=
+           "path=/tmp/a.sock,vfio=0000:00:05.0,offload=maybe",
        }) {
     EXPECT_THROW(parse_blk_spec(bad), SpecError) << bad;
   }
   std::string long_path = "path=/" + std::string(120, 'x') + ",file=/x";
   EXPECT_THROW(parse_blk_spec(long_path), SpecError);
+}
+
+TEST(BlkSpec, VfioBackends) {
+  BlkSpec p = parse_blk_spec("path=/tmp/p.sock,vfio=0000:00:1f.7");
+  EXPECT_EQ(p.vfio, "0000:00:1f.7");
+  EXPECT_FALSE(p.offload);
+  EXPECT_EQ(p.file, "vfio:0000:00:1f.7");
+  BlkSpec o = parse_blk_spec("path=/tmp/o.sock,vfio=0000:00:05.0,offload=on");
+  EXPECT_TRUE(o.offload);
+  EXPECT_EQ(o.id, "o");
 }
 
 TEST(Size, UnitsAndFormatting) {
