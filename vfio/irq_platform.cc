@@ -70,7 +70,7 @@ IrqPlatform probe_irq_platform(const std::string& sysroot) {
         if (!read_text(sysroot + "/sys/class/iommu/" + d + "/intel-iommu/cap", v)) continue;
         ++readable;
         unsigned long long cap = std::strtoull(v.c_str(), nullptr, 16);
-        yes += (cap >> 59) & 1;
+        yes += static_cast<int>((cap >> 59) & 1);
       }
       if (readable == 0) {
         p.iommu = "unknown: cannot read the VT-d capability registers";
@@ -86,7 +86,7 @@ IrqPlatform probe_irq_platform(const std::string& sysroot) {
         ++readable;
         // Extended feature register: GA (guest virtual APIC) support, bit 7.
         unsigned long long efr = std::strtoull(v.c_str(), nullptr, 16);
-        yes += (efr >> 7) & 1;
+        yes += static_cast<int>((efr >> 7) & 1);
       }
       if (readable == 0) {
         p.iommu = "unknown: cannot read the AMD IOMMU feature registers";

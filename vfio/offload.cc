@@ -89,8 +89,9 @@ void VirtioOffloadDevice::relay() {
       uint64_t v;
       int fd = q_[q].kick_fd;
       if (fd < 0 || ::read(fd, &v, sizeof v) != sizeof v) continue;
-      q_[q].kicks.fetch_add(1, std::memory_order_relaxed);
       pci_->notify(static_cast<uint16_t>(q));
+      // Release: whoever reads the count sees the doorbell write before it.
+      q_[q].kicks.fetch_add(1, std::memory_order_release);
     }
   }
 }
@@ -270,7 +271,7 @@ void VirtioOffloadDevice::reset() {
 OffloadQueueStats VirtioOffloadDevice::queue_stats(uint16_t q) const {
   if (q >= nqueues_) return {};
   return OffloadQueueStats{q_[q].running, pci_->queue_vector(q), q_[q].call_fd,
-                           q_[q].kicks.load(std::memory_order_relaxed)};
+                           q_[q].kicks.load(std::memory_order_acquire)};
 }
 
 }  // namespace sluice::vfio
