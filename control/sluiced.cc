@@ -34,6 +34,11 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
                       direct=on|off   O_DIRECT where the file and request allow it (default on)
                       null            no file: requests complete at once (with size=),
                                       for measuring the data path (like QEMU's null-co)
+                      vfio=ADDR       no file: a virtio-blk device bound to vfio-pci
+                                      (e.g. 0000:00:05.0) serves the disk; the workers
+                                      pass it the guest's descriptors (zero copy)
+                      offload=on      with vfio=: the device runs the queues itself,
+                                      its interrupts go straight to the VMM's call fds
                     e.g. --blk id=vm1,path=/run/sluice/vm1.sock,file=/srv/vm1.img,queues=2,size=8G
   --vfio-group N    open VFIO group N (/dev/vfio/N) in a type1 container and keep
                     every session's guest memory mapped in its IOMMU (IOVA =

@@ -33,8 +33,8 @@ Result<VirtioPciCaps> parse_virtio_pci_caps(std::span<const uint8_t> cfg) {
   if (cfg.size() < 256) return Errc::kVirtioNoCap;
   auto rd16 = [&](size_t o) { return static_cast<uint16_t>(cfg[o] | (cfg[o + 1] << 8)); };
   auto rd32 = [&](size_t o) {
-    return static_cast<uint32_t>(cfg[o] | (cfg[o + 1] << 8) | (cfg[o + 2] << 16) |
-                                 (static_cast<uint32_t>(cfg[o + 3]) << 24));
+    return uint32_t{cfg[o]} | (uint32_t{cfg[o + 1]} << 8) | (uint32_t{cfg[o + 2]} << 16) |
+           (uint32_t{cfg[o + 3]} << 24);
   };
   if (!(rd16(PCI_STATUS) & PCI_STATUS_CAP_LIST)) return Errc::kVirtioNoCap;
   VirtioPciCaps caps;
