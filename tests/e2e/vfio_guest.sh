@@ -80,6 +80,8 @@ timeout ${SLUICE_VFIO_TIMEOUT:-600} qemu-system-x86_64 -accel tcg -cpu max -smp 
   -device virtio-blk-pci,drive=vd3,addr=0x13,disable-legacy=on,iommu_platform=on,num-queues=1 \
   -drive if=none,id=vd4,file="$dir/vd4.img",format=raw,cache=unsafe \
   -device virtio-blk-pci,drive=vd4,addr=0x14,disable-legacy=on,iommu_platform=on,num-queues=2 \
+  -netdev hubport,id=n0,hubid=0 \
+  -device virtio-net-pci,netdev=n0,addr=0x15,disable-legacy=on,iommu_platform=on,mq=on,vectors=4 \
   -kernel "$GUEST/vmlinux" -initrd "$dir/initrd.cpio" \
   -append "console=ttyS0 quiet panic=-1 mitigations=off nokaslr tsc=reliable no_timer_check cryptomgr.notests intel_iommu=on hugepages=$hugepages sluice.test=$test_name" \
   > "$dir/console.log" 2>&1
@@ -120,6 +122,8 @@ check "sluiced exited 0" "grep -q 'VFIO-SLUICED-EXIT 0' '$log'"
 grep -E '^VV-' "$log" | sed 's/^/  /'
 check "virtio-pci driver: every check passed on all three devices" \
   "grep -q 'VV-DONE fails=0' '$log' && [ \$(grep -c '^VV-OK' '$log') -ge 24 ] && ! grep -q '^VV-FAIL' '$log'"
+check "virtio-net-pci brought up by the same transport (vectors read back, DRIVER_OK)" \
+  "grep -q 'VV-OK 0000:00:15.0 device accepted DRIVER_OK' '$log' && grep -q 'VV-OK 0000:00:15.0 every queue vector read back' '$log'"
 for i in 0 1 2; do
   nq=2; [ $i -eq 2 ] && nq=1
   check "vd$i: the guest's per-queue patterns reached the image" "python3 -c '

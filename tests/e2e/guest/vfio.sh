@@ -52,13 +52,13 @@ fi
 if [ -x /bin/sluice-virtio-vfio ]; then
   args=
   i=0
-  for slot in 10 11 12; do
+  for slot in 10 11 12 15; do
     A=0000:00:$slot.0
     [ -e /sys/bus/pci/devices/$A ] || continue
     [ -e /sys/bus/pci/devices/$A/driver ] && echo $A > /sys/bus/pci/devices/$A/driver/unbind
     echo vfio-pci > /sys/bus/pci/devices/$A/driver_override
     echo $A > /sys/bus/pci/drivers_probe
-    case $slot in 10) P=per-queue;; 11) P=shared;; 12) P=none;; esac
+    case $slot in 10) P=per-queue;; 11) P=shared;; 12) P=none;; 15) P=bringup;; esac
     args="$args $A:$P:$i"; i=$((i + 1))
   done
   /bin/sluice-virtio-vfio $args
