@@ -2,9 +2,6 @@
 
 #include <linux/pci_regs.h>
 #include <linux/virtio_blk.h>
-
-#include "vfio/irq_platform.h"
-
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -12,8 +9,11 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 
 #include "dataplane/base/log.h"
+#include "vfio/irq_platform.h"
 
 namespace sluice::control {
 
@@ -577,16 +577,83 @@ struct ApiConn : std::enable_shared_from_this<ApiConn> {
 
 }  // namespace
 
+namespace {
+
+// A group by number, or by name from /etc/group (no NSS: the daemon links
+// statically; a numeric gid works for any group source).
+std::optional<gid_t> resolve_group(const std::string& g) {
+  if (!g.empty() && g.find_first_not_of("0123456789") == std::string::npos && g.size() < 10)
+    return static_cast<gid_t>(std::stoul(g));
+  std::ifstream f("/etc/group");
+  for (std::string line; std::getline(f, line);) {
+    auto c1 = line.find(':');
+    if (c1 == std::string::npos || line.substr(0, c1) != g) continue;
+    auto c2 = line.find(':', c1 + 1);
+    auto c3 = c2 == std::string::npos ? std::string::npos : line.find(':', c2 + 1);
+    if (c3 == std::string::npos) return std::nullopt;
+    try {
+      return static_cast<gid_t>(std::stoul(line.substr(c2 + 1, c3 - c2 - 1)));
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+  }
+  return std::nullopt;
+}
+
+// Whether process `pid` has `gid` among its supplementary groups.
+bool in_groups(pid_t pid, gid_t gid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(f, line);) {
+    if (line.rfind("Groups:", 0) != 0) continue;
+    std::istringstream ss(line.substr(7));
+    for (unsigned long g; ss >> g;)
+      if (static_cast<gid_t>(g) == gid) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 void Daemon::start_api() {
+  if (!opts_.api_group.empty()) {
+    auto g = resolve_group(opts_.api_group);
+    if (!g) throw std::runtime_error("unknown group '" + opts_.api_group + "' (not in /etc/group, not a number)");
+    api_gid_ = *g;
+  }
   ::unlink(opts_.api_path.c_str());
   unix_socket::endpoint ep(opts_.api_path);
   api_.emplace(io_);
   api_->open(ep.protocol());
-  api_->bind(ep);
-  ::chmod(opts_.api_path.c_str(), 0600);  // the owner (and root) only
+  // Created with the final mode: no window in which anyone else can connect.
+  mode_t old = ::umask(0177);
+  boost::system::error_code ec;
+  api_->bind(ep, ec);
+  ::umask(old);
+  if (ec) throw boost::system::system_error(ec);
+  if (api_gid_ != static_cast<gid_t>(-1)) {
+    if (::chown(opts_.api_path.c_str(), static_cast<uid_t>(-1), api_gid_) != 0 ||
+        ::chmod(opts_.api_path.c_str(), 0660) != 0)
+      throw std::runtime_error(std::string("cannot give the API socket to the group: ") + std::strerror(errno));
+  }
   api_->listen();
   api_accept();
-  LOG_INFO("daemon", "management API on %s", opts_.api_path.c_str());
+  LOG_INFO("daemon", "management API on %s (mode %s%s)", opts_.api_path.c_str(),
+           api_gid_ == static_cast<gid_t>(-1) ? "0600" : "0660, group ", opts_.api_group.c_str());
+}
+
+bool Daemon::api_peer_allowed(int fd, std::string& why) const {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    why = std::string("cannot read the peer's credentials: ") + std::strerror(errno);
+    return false;
+  }
+  if (cred.uid == 0 || cred.uid == ::geteuid()) return true;
+  if (api_gid_ != static_cast<gid_t>(-1) && (cred.gid == api_gid_ || in_groups(cred.pid, api_gid_)))
+    return true;
+  why = "permission denied: uid " + std::to_string(cred.uid) + " is neither the daemon's owner nor root" +
+        (api_gid_ != static_cast<gid_t>(-1) ? " nor in group " + opts_.api_group : "");
+  return false;
 }
 
 void Daemon::api_accept() {
@@ -595,8 +662,22 @@ void Daemon::api_accept() {
       if (ec != asio::error::operation_aborted && api_ && api_->is_open()) api_accept();
       return;
     }
-    auto c = std::make_shared<ApiConn>(*this, std::move(s));
-    c->read();
+    std::string why;
+    if (!api_peer_allowed(s.native_handle(), why)) {
+      // Answered, then closed: a refused client learns why.
+      LOG_WARN("daemon", "API: %s", why.c_str());
+      std::string msg = json::serialize(json::object{
+                            {"jsonrpc", "2.0"},
+                            {"error", json::object{{"code", -32001}, {"message", why}}},
+                            {"id", nullptr}}) +
+                        "\n";
+      (void)!::send(s.native_handle(), msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      boost::system::error_code ignore;
+      s.close(ignore);
+    } else {
+      auto c = std::make_shared<ApiConn>(*this, std::move(s));
+      c->read();
+    }
     api_accept();
   });
 }

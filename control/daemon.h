@@ -95,6 +95,10 @@ struct DaemonOptions {
   std::vector<int> vfio_groups;      // --vfio-group: one container each
   vfio::Kernel* vfio_kernel = nullptr;  // the syscall seam (tests: a fake); null = the kernel
   std::string api_path;      // empty: no API
+  // Members of this group (name from /etc/group, or a number) may use the
+  // API too: the socket becomes mode 0660 with that group. Empty: owner and
+  // root only (0600).
+  std::string api_group;
   unsigned workers = 1;
   std::vector<int> cpus;     // pin worker i to cpus[i % size]
   unsigned poll_us = 50;     // busy-poll this long after the last work before sleeping
@@ -128,6 +132,8 @@ class Daemon {
  private:
   void start_api();
   void api_accept();
+  // SO_PEERCRED: root, the daemon's own uid, or (with api_group) a member.
+  bool api_peer_allowed(int fd, std::string& why) const;
   void shutdown();
 
   DaemonOptions opts_;
@@ -137,6 +143,7 @@ class Daemon {
   std::vector<VfioDomain> vfio_;
   std::map<std::string, std::unique_ptr<BlkExport>> exports_;
   std::optional<unix_socket::acceptor> api_;
+  gid_t api_gid_ = static_cast<gid_t>(-1);
   bool stopping_ = false;
 };
 

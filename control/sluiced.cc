@@ -44,6 +44,10 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
                     every session's guest memory mapped in its IOMMU (IOVA =
                     guest physical address); repeatable, one container each
   --api PATH        management API socket (JSON-RPC 2.0; default %s)
+  --api-group G     also let members of group G (name or number) use the API:
+                    the socket becomes mode 0660 with that group (default:
+                    0600, the daemon's owner and root only; peers are
+                    checked with SO_PEERCRED either way)
   --no-api          no management API
   --workers N       data-plane worker threads (default 1)
   --cpus LIST       pin workers to these CPUs, e.g. 2,3
@@ -99,6 +103,8 @@ int main(int argc, char** argv) {
         opts.blk.push_back(parse_blk_spec(value()));
       } else if (a == "--api") {
         opts.api_path = value();
+      } else if (a == "--api-group") {
+        opts.api_group = value();
       } else if (a == "--no-api") {
         no_api = true;
       } else if (a == "--vfio-group") {

@@ -1,6 +1,14 @@
 // control/: the --blk spec syntax and the JSON-RPC handler, including every
 // error code a client can provoke.
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <thread>
+
+#include <grp.h>
 
 #include <boost/json.hpp>
 
@@ -176,6 +184,124 @@ TEST(Vfio, GroupsOpenAndShowInTheApi) {
   EXPECT_NE(message_of(8).find("bind every device of the group to vfio-pci"), std::string::npos);
   EXPECT_NE(message_of(9).find("cannot open VFIO group 9"), std::string::npos);
   EXPECT_EQ(k.open_fds(), 0u);
+}
+
+// ---------------------------------------------------------------- API access
+
+// One request over the API socket as `uid`/`gid` (a forked child drops to
+// them when they differ from ours); returns the response line.
+std::string call_as(const std::string& path, uid_t uid, gid_t gid) {
+  int p[2];
+  if (::pipe(p) != 0) return "pipe";
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(p[0]);
+    if (gid != ::getegid() && ::setgid(gid) != 0) _exit(3);
+    if (::setgroups(0, nullptr) != 0 && ::geteuid() == 0) _exit(3);
+    if (uid != ::geteuid() && ::setuid(uid) != 0) _exit(3);
+    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path.c_str());
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+      (void)!::write(p[1], "connect-refused", 15);
+      _exit(0);
+    }
+    const char req[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"list\"}\n";
+    (void)!::write(fd, req, sizeof req - 1);
+    char buf[512];
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n > 0) (void)!::write(p[1], buf, static_cast<size_t>(n));
+    _exit(0);
+  }
+  ::close(p[1]);
+  std::string out;
+  char buf[512];
+  for (ssize_t n; (n = ::read(p[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(p[0]);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return out;
+}
+
+struct RunningDaemon {
+  explicit RunningDaemon(DaemonOptions o) : d(std::move(o)) {
+    t = std::thread([this] { rc = d.run(); });
+  }
+  ~RunningDaemon() {
+    asio::post(d.io(), [this] { d.stop(); });
+    t.join();
+  }
+  bool wait_socket(const std::string& path) {
+    for (int i = 0; i < 200; ++i) {
+      struct stat st;
+      if (::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) return true;
+      ::usleep(10000);
+    }
+    return false;
+  }
+  Daemon d;
+  std::thread t;
+  int rc = -1;
+};
+
+TEST(ApiAccess, OwnerAndRootOnlyByDefault) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another uid";
+  char dir[] = "/tmp/sluice-api-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  ::chmod(dir, 0755);  // the directory is not what keeps others out
+  std::string path = std::string(dir) + "/api.sock";
+  {
+    DaemonOptions o;
+    o.api_path = path;
+    RunningDaemon r(o);
+    ASSERT_TRUE(r.wait_socket(path));
+    struct stat st;
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    // Another uid may not even connect (mode 0600)...
+    EXPECT_EQ(call_as(path, 65534, 65534), "connect-refused");
+    // ...and if the socket were opened to it, SO_PEERCRED still refuses:
+    ASSERT_EQ(::chmod(path.c_str(), 0666), 0);
+    std::string refused = call_as(path, 65534, 65534);
+    EXPECT_NE(refused.find("-32001"), std::string::npos) << refused;
+    EXPECT_NE(refused.find("permission denied: uid 65534"), std::string::npos) << refused;
+    // The daemon keeps serving its owner.
+    std::string ok = call_as(path, ::geteuid(), ::getegid());
+    EXPECT_NE(ok.find("\"result\":[]"), std::string::npos) << ok;
+  }
+  ::unlink(path.c_str());
+  ::rmdir(dir);
+}
+
+TEST(ApiAccess, AGroupMayBeLetIn) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another uid";
+  char dir[] = "/tmp/sluice-api-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  ::chmod(dir, 0755);
+  std::string path = std::string(dir) + "/api.sock";
+  {
+    DaemonOptions o;
+    o.api_path = path;
+    o.api_group = "65534";
+    RunningDaemon r(o);
+    ASSERT_TRUE(r.wait_socket(path));
+    struct stat st;
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0660u);
+    EXPECT_EQ(st.st_gid, 65534u);
+    std::string member = call_as(path, 65534, 65534);
+    EXPECT_NE(member.find("\"result\":[]"), std::string::npos) << member;
+    // A uid outside the group: the file mode already keeps it out.
+    EXPECT_EQ(call_as(path, 12345, 12345), "connect-refused");
+  }
+  DaemonOptions bad;
+  bad.api_path = path;
+  bad.api_group = "no-such-group-here";
+  Daemon d(bad);
+  EXPECT_EQ(d.run(), 1);  // refused at start, with a message
+  ::unlink(path.c_str());
+  ::rmdir(dir);
 }
 
 }  // namespace
