@@ -265,6 +265,64 @@ json::array BlkExport::irq() const {
   return a;
 }
 
+void BlkExport::metrics(MetricsText& m) const {
+  const MetricsText::Labels ex{{"export", spec_.id}};
+  m.add("sluice_export_connected", "gauge", "1 while a vhost-user front-end is connected.", ex,
+        conn_.has_value() ? 1 : 0);
+  m.add("sluice_export_sessions_total", "counter", "Front-end sessions accepted.", ex,
+        static_cast<double>(sessions_));
+  m.add("sluice_export_refused_messages_total", "counter", "vhost-user messages refused.", ex,
+        static_cast<double>(refused_messages_));
+  if (offload_ && offload_->virtio) {
+    for (uint16_t i = 0; i < offload_->virtio->max_queues(); ++i) {
+      vfio::OffloadQueueStats st = offload_->virtio->queue_stats(i);
+      MetricsText::Labels l{{"export", spec_.id}, {"queue", std::to_string(i)}};
+      m.add("sluice_queue_running", "gauge", "1 while the queue runs.", l, st.running ? 1 : 0);
+      m.add("sluice_queue_offload_kicks_total", "counter", "Kicks relayed to an offload device's doorbell.",
+            l, static_cast<double>(st.kicks));
+    }
+    return;
+  }
+  uint16_t nq = offload_ ? offload_->passthrough->max_queues() : spec_.queues;
+  for (uint16_t i = 0; i < nq; ++i) {
+    MetricsText::Labels l{{"export", spec_.id}, {"queue", std::to_string(i)}};
+    m.add("sluice_queue_running", "gauge", "1 while the queue runs.", l,
+          session_ && session_->queue_running(i) ? 1 : 0);
+    if (offload_) {
+      const vfio::PassthroughQueueStats& st = offload_->passthrough->stats(i);
+      m.add("sluice_queue_requests_total", "counter", "Requests taken from the ring.", l,
+            static_cast<double>(st.requests.load(std::memory_order_relaxed)));
+      m.add("sluice_queue_errors_total", "counter", "Requests completed with an error status.", l,
+            static_cast<double>(st.errors.load(std::memory_order_relaxed)));
+      m.add("sluice_queue_device_interrupts_total", "counter", "Interrupts from the VFIO device serving the queue.",
+            l, static_cast<double>(st.device_irqs.load(std::memory_order_relaxed)));
+      continue;
+    }
+    const blk::BlkQueueStats& st = dev_->stats(i);
+    auto v = [](const std::atomic<uint64_t>& a) { return static_cast<double>(a.load(std::memory_order_relaxed)); };
+    m.add("sluice_queue_requests_total", "counter", "Requests taken from the ring.", l, v(st.requests));
+    m.add("sluice_queue_read_bytes_total", "counter", "Bytes read for the guest.", l, v(st.read_bytes));
+    m.add("sluice_queue_write_bytes_total", "counter", "Bytes written for the guest.", l, v(st.write_bytes));
+    m.add("sluice_queue_errors_total", "counter", "Requests completed with an error status.", l, v(st.errors));
+    m.add("sluice_queue_flushes_total", "counter", "FLUSH requests.", l, v(st.flushes));
+    m.add("sluice_queue_broken", "gauge", "1 once the guest broke the ring (sticky until the queue restarts).", l,
+          st.broken.load(std::memory_order_relaxed) ? 1 : 0);
+    // Used-ring batch sizes: cumulative buckets 1, 2, 4, ..., 128, +Inf.
+    uint64_t cum = 0;
+    for (unsigned b = 0; b < blk::BlkQueueStats::kBatchBuckets; ++b) {
+      cum += st.batch_hist[b].load(std::memory_order_relaxed);
+      MetricsText::Labels lb = l;
+      lb.emplace_back("le", b + 1 < blk::BlkQueueStats::kBatchBuckets ? std::to_string(1u << b) : "+Inf");
+      m.add("sluice_queue_used_batch_size", "histogram", "Completions published per used-index update.", lb,
+            static_cast<double>(cum), "_bucket");
+    }
+    m.add("sluice_queue_used_batch_size", "histogram", "Completions published per used-index update.", l,
+          v(st.batch_sum), "_sum");
+    m.add("sluice_queue_used_batch_size", "histogram", "Completions published per used-index update.", l,
+          static_cast<double>(cum), "_count");
+  }
+}
+
 // ---------------------------------------------------------------- Daemon
 
 Daemon::Daemon(DaemonOptions opts) : opts_(std::move(opts)) {}
@@ -466,6 +524,30 @@ json::object Daemon::irq() const {
                                                 {"bypass_possible", p.bypass_possible()}}}};
 }
 
+std::string Daemon::metrics_text() const {
+  MetricsText m;
+  for (auto& [id, e] : exports_) e->metrics(m);
+  for (auto& w : workers_) {
+    MetricsText::Labels l{{"worker", w->name()}};
+    double sleep = static_cast<double>(w->sleep_ns()) / 1e9;
+    double up = static_cast<double>(w->uptime_ns()) / 1e9;
+    m.add("sluice_worker_sleep_seconds_total", "counter", "Time a worker slept in the kernel waiting for kicks or I/O.",
+          l, sleep);
+    m.add("sluice_worker_poll_seconds_total", "counter", "Time a worker was awake: polling and serving requests.", l,
+          up > sleep ? up - sleep : 0);
+    m.add("sluice_worker_sleeps_total", "counter", "Times a worker went to sleep.", l,
+          static_cast<double>(w->sleeps()));
+  }
+  for (const VfioDomain& d : vfio_) {
+    MetricsText::Labels l{{"group", std::to_string(d.group)}};
+    m.add("sluice_vfio_kernel_mappings", "gauge", "VFIO DMA mappings in use in the container.", l,
+          static_cast<double>(d.mapper->kernel_mappings()));
+    m.add("sluice_vfio_map_calls_total", "counter", "VFIO_IOMMU_MAP_DMA calls made.", l,
+          static_cast<double>(d.mapper->stats().map_calls));
+  }
+  return m.render();
+}
+
 int Daemon::run() {
   try {
     open_vfio();
@@ -491,6 +573,18 @@ int Daemon::run() {
       add_blk(b);
     } catch (const std::exception& e) {
       LOG_ERROR("daemon", "export %s: %s", b.id.c_str(), e.what());
+      shutdown();
+      return 1;
+    }
+  }
+  if (!opts_.metrics.empty()) {
+    try {
+      auto [host, port] = parse_listen(opts_.metrics);
+      metrics_ = std::make_unique<MetricsServer>(io_, *this, host, port);
+      metrics_->start();
+      LOG_INFO("daemon", "metrics on http://%s:%u/metrics", host.c_str(), metrics_->port());
+    } catch (const std::exception& e) {
+      LOG_ERROR("daemon", "metrics on %s: %s", opts_.metrics.c_str(), e.what());
       shutdown();
       return 1;
     }
@@ -525,6 +619,7 @@ void Daemon::stop() {
     api_->close(ignore);
     ::unlink(opts_.api_path.c_str());
   }
+  if (metrics_) metrics_->stop();
   signals_.cancel();
   io_.stop();
 }

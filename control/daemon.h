@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "control/metrics.h"
 #include "control/spec.h"
 #include "dataplane/blk/blk_device.h"
 #include "dataplane/worker/worker.h"
@@ -59,6 +60,7 @@ class BlkExport {
   boost::json::object stats() const;
   // One entry per queue: what signals the guest when it completes.
   boost::json::array irq() const;
+  void metrics(MetricsText& m) const;
 
  private:
   void accept();
@@ -102,6 +104,7 @@ struct DaemonOptions {
   unsigned workers = 1;
   std::vector<int> cpus;     // pin worker i to cpus[i % size]
   unsigned poll_us = 50;     // busy-poll this long after the last work before sleeping
+  std::string metrics;       // "HOST:PORT" for Prometheus metrics over HTTP; empty: none
 };
 
 class Daemon {
@@ -122,6 +125,10 @@ class Daemon {
   boost::json::array worker_stats() const;
   boost::json::array vfio_stats() const;
   boost::json::object irq() const;
+  // The Prometheus text the metrics endpoint serves.
+  std::string metrics_text() const;
+  // The metrics endpoint's port (0 when it is off).
+  uint16_t metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   // Opens the VFIO containers named in the options (throws with a message a
   // user can act on). run() calls it before any export starts.
   void open_vfio();
@@ -143,6 +150,7 @@ class Daemon {
   std::vector<VfioDomain> vfio_;
   std::map<std::string, std::unique_ptr<BlkExport>> exports_;
   std::optional<unix_socket::acceptor> api_;
+  std::unique_ptr<MetricsServer> metrics_;
   gid_t api_gid_ = static_cast<gid_t>(-1);
   bool stopping_ = false;
 };

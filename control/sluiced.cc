@@ -49,6 +49,8 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
                     0600, the daemon's owner and root only; peers are
                     checked with SO_PEERCRED either way)
   --no-api          no management API
+  --metrics H:P     serve Prometheus metrics at http://H:P/metrics (e.g.
+                    127.0.0.1:9310; an IP address, port 0 picks one)
   --workers N       data-plane worker threads (default 1)
   --cpus LIST       pin workers to these CPUs, e.g. 2,3
   --poll-us N       busy-poll N microseconds after the last request before
@@ -103,6 +105,8 @@ int main(int argc, char** argv) {
         opts.blk.push_back(parse_blk_spec(value()));
       } else if (a == "--api") {
         opts.api_path = value();
+      } else if (a == "--metrics") {
+        opts.metrics = value();
       } else if (a == "--api-group") {
         opts.api_group = value();
       } else if (a == "--no-api") {

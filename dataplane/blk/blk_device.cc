@@ -54,6 +54,7 @@ class BlkQueue final : public Pollable {
         if (!reported_broken_) {
           reported_broken_ = true;
           st_.errors.fetch_add(1, std::memory_order_relaxed);
+          st_.broken.store(true, std::memory_order_relaxed);
         }
         break;  // the queue is broken (sticky); it is reported by its own log line
       }
@@ -90,6 +91,7 @@ class BlkQueue final : public Pollable {
     if (!dirty_) return;
     dirty_ = false;
     st_.batches.fetch_add(1, std::memory_order_relaxed);
+    st_.record_batch(q_->pending_buffers());
     bool notify = q_->flush();
     // Only once the used index is published do the heads leave the inflight
     // region; a crash in between is repaired from the used ring on recovery.

@@ -72,6 +72,18 @@ struct BlkOptions {
 struct BlkQueueStats {
   std::atomic<uint64_t> requests{0}, read_bytes{0}, write_bytes{0}, errors{0}, flushes{0},
       batches{0};
+  // Completions published per used-index update: a histogram with bucket
+  // upper bounds 1, 2, 4, ..., 128 and one for anything larger.
+  static constexpr unsigned kBatchBuckets = 9;
+  std::atomic<uint64_t> batch_hist[kBatchBuckets] = {};
+  std::atomic<uint64_t> batch_sum{0};
+  std::atomic<bool> broken{false};  // the guest broke the ring (sticky until restart)
+  void record_batch(uint64_t n) noexcept {
+    unsigned b = 0;
+    while (b + 1 < kBatchBuckets && n > (uint64_t{1} << b)) ++b;
+    batch_hist[b].fetch_add(1, std::memory_order_relaxed);
+    batch_sum.fetch_add(n, std::memory_order_relaxed);
+  }
 };
 
 class BlkQueue;

@@ -31,6 +31,10 @@ Status Worker::start() {
   if (r < 0) return Error::from_errno(-r);
   ring_ok_ = true;
   cmd_poll_.fd = cmd_efd_.get();
+  started_ns_.store(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        std::chrono::steady_clock::now().time_since_epoch())
+                        .count(),
+                    std::memory_order_relaxed);
   thread_ = std::thread([this] { run(); });
   return {};
 }
@@ -222,11 +226,25 @@ void Worker::sleep() {
   }
   if (!cmd_pending_.load(std::memory_order_acquire) && !stop_.load(std::memory_order_acquire)) {
     sleeps_.fetch_add(1, std::memory_order_relaxed);
+    auto t0 = std::chrono::steady_clock::now();
     io_uring_submit_and_wait(&ring_, 1);
+    sleep_ns_.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                  std::chrono::steady_clock::now() - t0)
+                                                  .count()),
+                        std::memory_order_relaxed);
   } else {
     io_uring_submit(&ring_);
   }
   for (Pollable* p : pollables_) p->disarm();
+}
+
+uint64_t Worker::uptime_ns() const noexcept {
+  int64_t t0 = started_ns_.load(std::memory_order_relaxed);
+  if (t0 == 0) return 0;
+  int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                    std::chrono::steady_clock::now().time_since_epoch())
+                    .count();
+  return static_cast<uint64_t>(now - t0);
 }
 
 bool Worker::any_inflight() const {

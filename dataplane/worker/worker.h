@@ -92,6 +92,10 @@ class Worker {
   const std::string& name() const noexcept { return opts_.name; }
   uint64_t sleeps() const noexcept { return sleeps_.load(std::memory_order_relaxed); }
   uint64_t polls() const noexcept { return polls_.load(std::memory_order_relaxed); }
+  // Nanoseconds spent asleep in the kernel (waiting for kicks or I/O), and
+  // since start; the rest is polling and request work.
+  uint64_t sleep_ns() const noexcept { return sleep_ns_.load(std::memory_order_relaxed); }
+  uint64_t uptime_ns() const noexcept;
 
  private:
   struct KickPoll {
@@ -137,7 +141,8 @@ class Worker {
   KickPoll cmd_poll_;
   std::vector<Cmd*> pending_detach_cmds_;
 
-  std::atomic<uint64_t> sleeps_{0}, polls_{0};
+  std::atomic<uint64_t> sleeps_{0}, polls_{0}, sleep_ns_{0};
+  std::atomic<int64_t> started_ns_{0};
 };
 
 }  // namespace sluice

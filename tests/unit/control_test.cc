@@ -2,10 +2,12 @@
 // error code a client can provoke.
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <netinet/in.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <future>
 #include <thread>
 
 #include <grp.h>
@@ -302,6 +304,67 @@ TEST(ApiAccess, AGroupMayBeLetIn) {
   EXPECT_EQ(d.run(), 1);  // refused at start, with a message
   ::unlink(path.c_str());
   ::rmdir(dir);
+}
+
+// ---------------------------------------------------------------- metrics
+
+std::string http_get(uint16_t port, const std::string& request) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = htons(port);
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+    ::close(fd);
+    return "connect failed";
+  }
+  (void)!::write(fd, request.data(), request.size());
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
+
+TEST(Metrics, PrometheusTextOverHttp) {
+  DaemonOptions o;
+  o.metrics = "127.0.0.1:0";
+  RunningDaemon r(o);
+  uint16_t port = 0;
+  for (int i = 0; i < 200 && port == 0; ++i) {
+    std::promise<uint16_t> p;
+    auto f = p.get_future();
+    asio::post(r.d.io(), [&] { p.set_value(r.d.metrics_port()); });
+    if (f.wait_for(std::chrono::milliseconds(50)) == std::future_status::ready) port = f.get();
+  }
+  ASSERT_NE(port, 0);
+  std::string ok = http_get(port, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(ok.rfind("HTTP/1.1 200 OK", 0), 0u) << ok;
+  EXPECT_NE(ok.find("Content-Type: text/plain; version=0.0.4"), std::string::npos);
+  EXPECT_NE(ok.find("# TYPE sluice_worker_sleep_seconds_total counter"), std::string::npos);
+  EXPECT_NE(ok.find("sluice_worker_poll_seconds_total{worker=\"worker0\"} "), std::string::npos);
+  EXPECT_EQ(http_get(port, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n").rfind("HTTP/1.1 404", 0), 0u);
+  EXPECT_EQ(http_get(port, "DELETE /metrics HTTP/1.1\r\nHost: x\r\n\r\n").rfind("HTTP/1.1 405", 0), 0u);
+  // Garbage, and a header block over the limit: the connection is dropped...
+  EXPECT_EQ(http_get(port, "\x01\x02 nonsense\r\n\r\n").find("200 OK"), std::string::npos);
+  EXPECT_EQ(http_get(port, "GET /metrics HTTP/1.1\r\nX: " + std::string(20000, 'a') + "\r\n\r\n")
+                .find("200 OK"),
+            std::string::npos);
+  // ...and the daemon keeps serving.
+  EXPECT_EQ(http_get(port, "GET /metrics HTTP/1.0\r\n\r\n").rfind("HTTP/1.0 200 OK", 0), 0u);
+}
+
+TEST(Metrics, TextFormatAndListenSyntax) {
+  MetricsText m;
+  m.add("x_total", "counter", "An x.", {{"export", "a\"b\\c\nd"}}, 3);
+  m.add("x_total", "counter", "An x.", {{"export", "e"}}, 4);
+  std::string t = m.render();
+  EXPECT_EQ(t, "# HELP x_total An x.\n# TYPE x_total counter\n"
+               "x_total{export=\"a\\\"b\\\\c\\nd\"} 3\nx_total{export=\"e\"} 4\n");
+  EXPECT_EQ(parse_listen("127.0.0.1:9310"), (std::pair<std::string, uint16_t>{"127.0.0.1", 9310}));
+  EXPECT_EQ(parse_listen("[::1]:0").first, "::1");
+  for (const char* bad : {"9310", "localhost:9310", "127.0.0.1:", "127.0.0.1:70000", "[::1]9310", "1.2.3.4:x"})
+    EXPECT_THROW(parse_listen(bad), std::invalid_argument) << bad;
 }
 
 }  // namespace
