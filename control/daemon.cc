@@ -767,8 +767,42 @@ void Daemon::api_accept() {
                             {"id", nullptr}}) +
                         "\n";
       (void)!::send(s.native_handle(), msg.data(), msg.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      boost::system::error_code ignore;
-      s.close(ignore);
+      // Half-close, then drain what the client sent until it hangs up (2 s
+      // at most): closing with its request unread would reset the
+      // connection and lose the answer.
+      ::shutdown(s.native_handle(), SHUT_WR);
+      struct Drain : std::enable_shared_from_this<Drain> {
+        Drain(unix_socket::socket so, asio::io_context& io) : sock(std::move(so)), timer(io) {}
+        unix_socket::socket sock;
+        asio::steady_timer timer;
+        char buf[512];
+        size_t total = 0;
+        void start() {
+          auto self = shared_from_this();
+          timer.expires_after(std::chrono::seconds(2));
+          timer.async_wait([self](boost::system::error_code ec) {
+            if (!ec) {
+              boost::system::error_code ignore;
+              self->sock.close(ignore);
+            }
+          });
+          read();
+        }
+        void read() {
+          auto self = shared_from_this();
+          sock.async_read_some(asio::buffer(buf), [self](boost::system::error_code ec, size_t n) {
+            self->total += n;
+            if (ec || self->total > 65536) {
+              boost::system::error_code ignore;
+              self->sock.close(ignore);
+              self->timer.cancel();
+              return;
+            }
+            self->read();
+          });
+        }
+      };
+      std::make_shared<Drain>(std::move(s), io_)->start();
     } else {
       auto c = std::make_shared<ApiConn>(*this, std::move(s));
       c->read();
