@@ -421,6 +421,8 @@ void Daemon::add_offload(const BlkSpec& spec) {
 void Daemon::remove(const std::string& id) {
   auto it = exports_.find(id);
   if (it == exports_.end()) throw std::runtime_error("no export with id '" + id + "'");
+  if (attached_.count(id) || busy_.count(id))
+    throw std::runtime_error("export '" + id + "' is attached to a VMM: detach it first");
   it->second->stop();
   exports_.erase(it);
   LOG_INFO("daemon", "export %s removed", id.c_str());
@@ -524,6 +526,78 @@ json::object Daemon::irq() const {
                                                 {"bypass_possible", p.bypass_possible()}}}};
 }
 
+void Daemon::attach(const std::string& id, const std::string& vmm_spec, Done done) {
+  auto it = exports_.find(id);
+  if (it == exports_.end()) return done(nullptr, "no export with id '" + id + "'");
+  if (busy_.count(id)) return done(nullptr, "export '" + id + "' is being attached or detached already");
+  if (auto a = attached_.find(id); a != attached_.end())
+    return done(nullptr, "export '" + id + "' is already attached to " + a->second.vmm);
+  std::string vmm;
+  try {
+    vmm = parse_vmm(vmm_spec);
+  } catch (const std::exception& e) {
+    return done(nullptr, e.what());
+  }
+  AttachRequest r{id, it->second->spec().path, vmm,
+                  static_cast<uint16_t>(it->second->describe().at("queues").to_number<int>())};
+  busy_.insert(id);
+  vmm_ops_.emplace_back([this, r, done] {
+    std::string err;
+    Attachment a;
+    try {
+      a = qmp_attach(r);
+    } catch (const std::exception& e) {
+      err = e.what();
+    }
+    asio::post(io_, [this, r, a, err, done] {
+      busy_.erase(r.export_id);
+      if (!err.empty()) {
+        LOG_WARN("vmm", "attaching %s to %s failed: %s", r.export_id.c_str(), r.vmm.c_str(), err.c_str());
+        return done(nullptr, err);
+      }
+      attached_[r.export_id] = a;
+      LOG_INFO("vmm", "export %s attached to %s (QEMU %s) as %s", r.export_id.c_str(), r.vmm.c_str(),
+               a.qemu_version.c_str(), a.device_id.c_str());
+      done(json::object{{"id", r.export_id}, {"vmm", a.vmm}, {"device", a.device_id}}, {});
+    });
+  });
+}
+
+void Daemon::detach(const std::string& id, Done done) {
+  auto it = attached_.find(id);
+  if (it == attached_.end()) return done(nullptr, "export '" + id + "' is not attached to a VMM");
+  if (busy_.count(id)) return done(nullptr, "export '" + id + "' is being attached or detached already");
+  Attachment a = it->second;
+  busy_.insert(id);
+  vmm_ops_.emplace_back([this, id, a, done] {
+    std::string err;
+    try {
+      qmp_detach(a);
+    } catch (const std::exception& e) {
+      err = e.what();
+    }
+    asio::post(io_, [this, id, a, err, done] {
+      busy_.erase(id);
+      if (!err.empty()) {
+        LOG_WARN("vmm", "detaching %s from %s failed: %s", id.c_str(), a.vmm.c_str(), err.c_str());
+        return done(nullptr, err);
+      }
+      attached_.erase(id);
+      LOG_INFO("vmm", "export %s detached from %s", id.c_str(), a.vmm.c_str());
+      done(json::object{{"id", id}, {"vmm", a.vmm}}, {});
+    });
+  });
+}
+
+json::array Daemon::vmm_list() const {
+  std::map<std::string, json::array> by_vmm;
+  for (const auto& [id, a] : attached_)
+    by_vmm[a.vmm].push_back(json::object{{"export", id}, {"device", a.device_id}, {"qemu", a.qemu_version}});
+  json::array out;
+  for (auto& [vmm, list] : by_vmm) out.push_back(json::object{{"vmm", vmm}, {"attached", std::move(list)}});
+  return out;
+}
+
 std::string Daemon::metrics_text() const {
   MetricsText m;
   for (auto& [id, e] : exports_) e->metrics(m);
@@ -625,6 +699,10 @@ void Daemon::stop() {
 }
 
 void Daemon::shutdown() {
+  // Attach/detach threads end within their QMP timeouts.
+  for (auto& t : vmm_ops_)
+    if (t.joinable()) t.join();
+  vmm_ops_.clear();
   exports_.clear();
   vfio_.clear();  // after the exports: their sessions' memory leaves the IOMMU first
   for (auto& w : workers_) w->stop();
@@ -656,16 +734,18 @@ struct ApiConn : std::enable_shared_from_this<ApiConn> {
       std::string line(asio::buffers_begin(self->in.data()),
                        asio::buffers_begin(self->in.data()) + static_cast<long>(n));
       self->in.consume(n);
-      self->out = handle_rpc(self->daemon, line);
-      if (self->out.empty()) {
-        self->read();
-        return;
-      }
-      self->out += '\n';
-      asio::async_write(self->sock, asio::buffer(self->out),
-                        [self](boost::system::error_code wec, size_t) {
-                          if (!wec) self->read();
-                        });
+      handle_rpc_async(self->daemon, line, [self](std::string response) {
+        self->out = std::move(response);
+        if (self->out.empty()) {
+          self->read();
+          return;
+        }
+        self->out += '\n';
+        asio::async_write(self->sock, asio::buffer(self->out),
+                          [self](boost::system::error_code wec, size_t) {
+                            if (!wec) self->read();
+                          });
+      });
     });
   }
 };
@@ -858,6 +938,8 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
       result = d.vfio_stats();
     } else if (m == "irq") {
       result = d.irq();
+    } else if (m == "vmm-list") {
+      result = d.vmm_list();
     } else if (m == "add-blk") {
       BlkSpec spec = parse_blk_spec(str_param("spec", true));
       d.add_blk(spec);
@@ -879,6 +961,51 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
     return fail(-32602, std::string("bad spec: ") + e.what());
   } catch (const std::exception& e) {
     return fail(-32000, e.what());
+  }
+}
+
+void handle_rpc_async(Daemon& d, const std::string& request, std::function<void(std::string)> done) {
+  json::value v;
+  try {
+    v = json::parse(request);
+  } catch (const std::exception&) {
+    return done(handle_rpc(d, request));  // it answers the parse error
+  }
+  const json::object* o = v.if_object();
+  const json::value* method = o ? o->if_contains("method") : nullptr;
+  if (method == nullptr || !method->is_string() ||
+      (method->as_string() != "attach" && method->as_string() != "detach"))
+    return done(handle_rpc(d, request));
+  json::value id = o->contains("id") ? o->at("id") : json::value(nullptr);
+  auto fail = [&](int code, const std::string& msg) {
+    done(json::serialize(json::object{{"jsonrpc", "2.0"},
+                                      {"error", json::object{{"code", code}, {"message", msg}}},
+                                      {"id", id}}));
+  };
+  const json::value* params = o->if_contains("params");
+  if (params == nullptr || !params->is_object()) return fail(-32602, "params must be an object");
+  const json::object& p = params->as_object();
+  auto str = [&](const char* key) -> const json::string* {
+    const json::value* x = p.if_contains(key);
+    return x && x->is_string() ? &x->as_string() : nullptr;
+  };
+  const json::string* eid = str("id");
+  if (eid == nullptr) return fail(-32602, "missing string parameter 'id'");
+  auto reply = [id, done](json::value result, std::string error) {
+    if (!error.empty()) {
+      done(json::serialize(json::object{{"jsonrpc", "2.0"},
+                                        {"error", json::object{{"code", -32000}, {"message", error}}},
+                                        {"id", id}}));
+      return;
+    }
+    done(json::serialize(json::object{{"jsonrpc", "2.0"}, {"result", std::move(result)}, {"id", id}}));
+  };
+  if (method->as_string() == "attach") {
+    const json::string* vmm = str("vmm");
+    if (vmm == nullptr) return fail(-32602, "missing string parameter 'vmm' (qmp:/path/to/qmp.sock)");
+    d.attach(std::string(*eid), std::string(*vmm), reply);
+  } else {
+    d.detach(std::string(*eid), reply);
   }
 }
 

@@ -6,14 +6,18 @@
 #include <boost/asio.hpp>
 #include <boost/json.hpp>
 
+#include <functional>
 #include <map>
 #include <memory>
+#include <set>
+#include <thread>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "control/metrics.h"
 #include "control/spec.h"
+#include "control/vmm.h"
 #include "dataplane/blk/blk_device.h"
 #include "dataplane/worker/worker.h"
 #include "vfio/container.h"
@@ -127,6 +131,12 @@ class Daemon {
   boost::json::object irq() const;
   // The Prometheus text the metrics endpoint serves.
   std::string metrics_text() const;
+  // VMM attach (QMP). Run off the control thread; `done` is called on it
+  // with the result, or with an error message.
+  using Done = std::function<void(boost::json::value result, std::string error)>;
+  void attach(const std::string& id, const std::string& vmm, Done done);
+  void detach(const std::string& id, Done done);
+  boost::json::array vmm_list() const;
   // The metrics endpoint's port (0 when it is off).
   uint16_t metrics_port() const { return metrics_ ? metrics_->port() : 0; }
   // Opens the VFIO containers named in the options (throws with a message a
@@ -151,6 +161,9 @@ class Daemon {
   std::map<std::string, std::unique_ptr<BlkExport>> exports_;
   std::optional<unix_socket::acceptor> api_;
   std::unique_ptr<MetricsServer> metrics_;
+  std::map<std::string, Attachment> attached_;  // export id -> where it is attached
+  std::set<std::string> busy_;                   // exports with an attach/detach under way
+  std::vector<std::thread> vmm_ops_;
   gid_t api_gid_ = static_cast<gid_t>(-1);
   bool stopping_ = false;
 };
@@ -158,5 +171,8 @@ class Daemon {
 // Handles one JSON-RPC 2.0 request text; returns the response text (empty
 // for a notification). Never throws.
 std::string handle_rpc(Daemon& d, const std::string& request);
+// The same, for methods that take time (attach, detach): `done` receives the
+// response text later, on the control thread. Others answer at once.
+void handle_rpc_async(Daemon& d, const std::string& request, std::function<void(std::string)> done);
 
 }  // namespace sluice::control

@@ -30,6 +30,11 @@ const char kUsage[] = R"(usage: sluicectl [--api PATH] [--json] COMMAND
                        call fd (IRQ-bypass eligible) or a software signal; and
                        whether this machine can post device interrupts to guests
   add-blk SPEC         add a vhost-user-blk export (SPEC as for sluiced --blk)
+  attach ID --vmm qmp:PATH
+                       hot-plug export ID into a running QEMU (its QMP socket); the
+                       guest's memory must be shared (memfd/hugetlbfs, share=on)
+  detach ID            unplug it again (waits for the guest to let go)
+  vmm list             VMMs and what is attached to each
   remove ID            remove an export (its front-end is disconnected)
 
   --api PATH           the daemon's API socket (default %s)
@@ -114,6 +119,23 @@ int main(int argc, char** argv) {
   } else if (cmd == "irq") {
   } else if (cmd == "add-blk" && i < argc) {
     params["spec"] = argv[i++];
+  } else if (cmd == "attach" && i < argc) {
+    params["id"] = argv[i++];
+    if (i + 1 < argc && std::string(argv[i]) == "--vmm") {
+      params["vmm"] = argv[i + 1];
+      i += 2;
+    } else if (i < argc && std::string(argv[i]).rfind("--vmm=", 0) == 0) {
+      params["vmm"] = std::string(argv[i] + 6);
+      ++i;
+    } else {
+      std::fprintf(stderr, "sluicectl: attach ID --vmm qmp:/path/to/qmp.sock\n");
+      return 2;
+    }
+  } else if (cmd == "detach" && i < argc) {
+    params["id"] = argv[i++];
+  } else if (cmd == "vmm" && i < argc && std::string(argv[i]) == "list") {
+    ++i;
+    method = "vmm-list";
   } else if (cmd == "remove" && i < argc) {
     params["id"] = argv[i++];
   } else {
@@ -180,6 +202,20 @@ int main(int argc, char** argv) {
                   static_cast<unsigned long long>(o.at("polls").to_number<uint64_t>()),
                   static_cast<unsigned long long>(o.at("sleeps").to_number<uint64_t>()));
     }
+  } else if (cmd == "vmm") {
+    if (out.as_array().empty()) std::printf("nothing attached to any VMM\n");
+    for (auto& v : out.as_array()) {
+      auto& o = v.as_object();
+      std::printf("%s\n", std::string(o.at("vmm").as_string()).c_str());
+      for (auto& a : o.at("attached").as_array())
+        std::printf("  %-12s as %s (QEMU %s)\n", std::string(a.as_object().at("export").as_string()).c_str(),
+                    std::string(a.as_object().at("device").as_string()).c_str(),
+                    std::string(a.as_object().at("qemu").as_string()).c_str());
+    }
+  } else if (cmd == "attach") {
+    auto& o = out.as_object();
+    std::printf("attached %s to %s as %s\n", std::string(o.at("id").as_string()).c_str(),
+                std::string(o.at("vmm").as_string()).c_str(), std::string(o.at("device").as_string()).c_str());
   } else if (cmd == "irq") {
     auto& o = out.as_object();
     std::printf("%-12s %-6s %-14s %-14s %-8s %-8s %s\n", "EXPORT", "QUEUE", "KIND", "DEVICE", "VECTOR",

@@ -1,0 +1,118 @@
+#include "control/vmm.h"
+
+#include <stdexcept>
+
+#include "control/qmp.h"
+#include "dataplane/base/log.h"
+
+namespace sluice::control {
+
+namespace json = boost::json;
+
+std::string parse_vmm(const std::string& spec) {
+  std::string p = spec.rfind("qmp:", 0) == 0 ? spec.substr(4) : spec;
+  if (p.empty() || p[0] != '/') throw std::invalid_argument("--vmm: expected qmp:/path/to/qmp.sock");
+  return p;
+}
+
+namespace {
+
+// Every memory backend must be shared; a VMM with none (RAM not from a
+// backend) cannot be served either.
+void check_shared_memory(QmpClient& q) {
+  json::value mem = q.execute("query-memdev");
+  if (!mem.is_array() || mem.as_array().empty())
+    throw std::runtime_error(
+        "the VMM's guest memory is not shared: it has no memory backend (start QEMU with "
+        "-object memory-backend-memfd,id=mem,size=...,share=on -machine memory-backend=mem)");
+  for (const json::value& m : mem.as_array()) {
+    if (!m.is_object()) continue;
+    const json::object& o = m.as_object();
+    bool share = o.contains("share") && o.at("share").is_bool() && o.at("share").as_bool();
+    if (!share) {
+      std::string id = o.contains("id") && o.at("id").is_string() ? std::string(o.at("id").as_string()) : "?";
+      throw std::runtime_error("the VMM's guest memory is not shared: memory backend '" + id +
+                               "' has share=off (a vhost-user back-end must map guest memory; use "
+                               "memory-backend-memfd or memory-backend-file with share=on)");
+    }
+  }
+}
+
+bool has_chardev(QmpClient& q, const std::string& id) {
+  json::value v = q.execute("query-chardev");
+  if (!v.is_array()) return false;
+  for (const json::value& c : v.as_array())
+    if (c.is_object() && c.as_object().contains("label") && c.as_object().at("label").is_string() &&
+        c.as_object().at("label").as_string() == id)
+      return true;
+  return false;
+}
+
+bool has_device(QmpClient& q, const std::string& id) {
+  json::value v = q.execute("qom-list", {{"path", "/machine/peripheral"}});
+  if (!v.is_array()) return false;
+  for (const json::value& p : v.as_array())
+    if (p.is_object() && p.as_object().contains("name") && p.as_object().at("name").is_string() &&
+        p.as_object().at("name").as_string() == id)
+      return true;
+  return false;
+}
+
+}  // namespace
+
+Attachment qmp_attach(const AttachRequest& r, std::chrono::milliseconds timeout) {
+  QmpClient q(r.vmm, std::chrono::seconds(5));
+  Attachment a{r.vmm, "sluice-" + r.export_id, "sluice-" + r.export_id, q.version()};
+  check_shared_memory(q);
+  if (has_device(q, a.device_id) || has_chardev(q, a.chardev_id))
+    throw std::runtime_error("export '" + r.export_id + "' is already attached to this VMM (device " + a.device_id + ")");
+  json::object backend{
+      {"type", "socket"},
+      {"data", json::object{{"addr", json::object{{"type", "unix"}, {"data", json::object{{"path", r.socket}}}}},
+                            {"server", false},
+                            {"reconnect", 1}}}};
+  q.execute("chardev-add", {{"id", a.chardev_id}, {"backend", backend}}, timeout);
+  try {
+    q.execute("device_add",
+              {{"driver", "vhost-user-blk-pci"}, {"id", a.device_id}, {"chardev", a.chardev_id},
+               {"num-queues", r.queues}},
+              timeout);
+    json::value realized = q.execute(
+        "qom-get", {{"path", "/machine/peripheral/" + a.device_id}, {"property", "realized"}}, timeout);
+    if (!realized.is_bool() || !realized.as_bool())
+      throw std::runtime_error("the VMM did not realize device " + a.device_id);
+  } catch (const QmpError&) {
+    // Undo: no chardev left behind (best effort: the VMM may be gone).
+    try {
+      q.execute("chardev-remove", {{"id", a.chardev_id}}, std::chrono::seconds(5));
+    } catch (const std::exception& e) {
+      LOG_WARN("vmm", "undoing chardev %s: %s", a.chardev_id.c_str(), e.what());
+    }
+    throw;
+  } catch (const std::exception& e) {
+    try {
+      q.execute("chardev-remove", {{"id", a.chardev_id}}, std::chrono::seconds(5));
+    } catch (const std::exception&) {
+    }
+    throw;
+  }
+  return a;
+}
+
+void qmp_detach(const Attachment& a, std::chrono::milliseconds unplug_timeout) {
+  QmpClient q(a.vmm, std::chrono::seconds(5));
+  try {
+    q.execute("device_del", {{"id", a.device_id}});
+    q.wait_event("DEVICE_DELETED", "device", a.device_id, unplug_timeout);
+  } catch (const QmpError& e) {
+    // Already gone (DeviceNotFound): fall through to the chardev.
+    if (e.error_class != "DeviceNotFound") throw;
+  }
+  try {
+    q.execute("chardev-remove", {{"id", a.chardev_id}});
+  } catch (const QmpError& e) {
+    if (e.description.find("not found") == std::string::npos) throw;
+  }
+}
+
+}  // namespace sluice::control
