@@ -7,7 +7,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <functional>
 #include <future>
+#include <mutex>
 #include <thread>
 
 #include <grp.h>
@@ -17,7 +19,9 @@
 #include <gtest/gtest.h>
 
 #include "control/daemon.h"
+#include "control/qmp.h"
 #include "control/spec.h"
+#include "control/vmm.h"
 #include "tests/support/fake_vfio.h"
 
 namespace sluice::control {
@@ -365,6 +369,166 @@ TEST(Metrics, TextFormatAndListenSyntax) {
   EXPECT_EQ(parse_listen("[::1]:0").first, "::1");
   for (const char* bad : {"9310", "localhost:9310", "127.0.0.1:", "127.0.0.1:70000", "[::1]9310", "1.2.3.4:x"})
     EXPECT_THROW(parse_listen(bad), std::invalid_argument) << bad;
+}
+
+// ---------------------------------------------------------------- QMP
+
+// A scripted QMP server on a unix socket: greets like QEMU, answers each
+// command through `answer` (which returns the reply line(s), or "" to hang
+// up), and records the commands it saw.
+struct FakeQmp {
+  using Answer = std::function<std::string(const std::string& cmd, const json::object& msg)>;
+  FakeQmp(const std::string& path, Answer a, std::string greeting = "") : path_(path), answer_(std::move(a)) {
+    if (greeting.empty())
+      greeting = R"({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}})";
+    ::unlink(path.c_str());
+    lfd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path.c_str());
+    EXPECT_EQ(::bind(lfd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+    EXPECT_EQ(::listen(lfd_, 4), 0);
+    t_ = std::thread([this, greeting] {
+      int c = ::accept(lfd_, nullptr, nullptr);
+      if (c < 0) return;
+      std::string g = greeting + "\r\n";
+      (void)!::write(c, g.data(), g.size());
+      std::string buf;
+      char tmp[4096];
+      for (;;) {
+        ssize_t n = ::read(c, tmp, sizeof tmp);
+        if (n <= 0) break;
+        buf.append(tmp, static_cast<size_t>(n));
+        size_t nl;
+        bool hang = false;
+        while ((nl = buf.find('\n')) != std::string::npos) {
+          json::object m = json::parse(buf.substr(0, nl)).as_object();
+          buf.erase(0, nl + 1);
+          std::string cmd(m.at("execute").as_string());
+          {
+            std::lock_guard<std::mutex> l(mu_);
+            seen_.push_back(cmd);
+          }
+          std::string id = json::serialize(m.at("id"));
+          std::string reply = cmd == "qmp_capabilities" ? R"({"return": {}, "id": )" + id + "}" : answer_(cmd, m);
+          if (reply.empty()) {
+            hang = true;
+            break;
+          }
+          // "ID" in a scripted reply is replaced by the request's id.
+          for (size_t at; (at = reply.find("\"ID\"")) != std::string::npos;) reply.replace(at, 4, id);
+          reply += "\r\n";
+          (void)!::write(c, reply.data(), reply.size());
+        }
+        if (hang) break;
+      }
+      ::close(c);
+    });
+  }
+  ~FakeQmp() {
+    ::shutdown(lfd_, SHUT_RDWR);
+    ::close(lfd_);
+    t_.join();
+    ::unlink(path_.c_str());
+  }
+  std::vector<std::string> seen() {
+    std::lock_guard<std::mutex> l(mu_);
+    return seen_;
+  }
+  std::string path_;
+  Answer answer_;
+  int lfd_ = -1;
+  std::thread t_;
+  std::mutex mu_;
+  std::vector<std::string> seen_;
+};
+
+const char kSharedMem[] = R"({"return": [{"id": "mem", "size": 268435456, "share": true, "merge": true, "dump": true, "prealloc": false, "policy": "default", "host-nodes": []}], "id": "ID"})";
+
+TEST(Qmp, AttachSendsTheCommandsInOrder) {
+  FakeQmp q("/tmp/sluice-fakeqmp-1.sock", [](const std::string& cmd, const json::object&) -> std::string {
+    if (cmd == "query-memdev") return kSharedMem;
+    if (cmd == "qom-list") return R"({"return": [{"name": "type", "type": "string"}], "id": "ID"})";
+    if (cmd == "query-chardev") return R"({"return": [{"label": "serial0", "filename": "stdio"}], "id": "ID"})";
+    if (cmd == "qom-get") return R"({"return": true, "id": "ID"})";
+    return R"({"event": "SOMETHING", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}
+{"return": {}, "id": "ID"})";
+  });
+  Attachment a = qmp_attach(AttachRequest{"vm1", "/run/x.sock", q.path_, 2});
+  EXPECT_EQ(a.device_id, "sluice-vm1");
+  EXPECT_EQ(a.qemu_version, "7.2.0");
+  EXPECT_EQ(q.seen(), (std::vector<std::string>{"qmp_capabilities", "query-memdev", "qom-list", "query-chardev",
+                                                "chardev-add", "device_add", "qom-get"}));
+}
+
+TEST(Qmp, DeviceAddFailureIsReportedVerbatimAndUndone) {
+  FakeQmp q("/tmp/sluice-fakeqmp-2.sock", [](const std::string& cmd, const json::object&) -> std::string {
+    if (cmd == "query-memdev") return kSharedMem;
+    if (cmd == "qom-list" || cmd == "query-chardev") return R"({"return": [], "id": "ID"})";
+    if (cmd == "device_add")
+      return R"({"error": {"class": "GenericError", "desc": "Bus 'pci.0' does not support hotplugging"}, "id": "ID"})";
+    return R"({"return": {}, "id": "ID"})";
+  });
+  try {
+    qmp_attach(AttachRequest{"vm1", "/run/x.sock", q.path_, 1});
+    FAIL() << "attach succeeded";
+  } catch (const QmpError& e) {
+    EXPECT_EQ(e.error_class, "GenericError");
+    EXPECT_EQ(e.description, "Bus 'pci.0' does not support hotplugging");
+  }
+  auto seen = q.seen();
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen.back(), "chardev-remove");  // nothing left half attached
+}
+
+TEST(Qmp, AVmmDyingMidAttachIsAClearError) {
+  FakeQmp q("/tmp/sluice-fakeqmp-3.sock", [](const std::string& cmd, const json::object&) -> std::string {
+    if (cmd == "query-memdev") return kSharedMem;
+    if (cmd == "qom-list" || cmd == "query-chardev") return R"({"return": [], "id": "ID"})";
+    return "";  // dies on chardev-add
+  });
+  try {
+    qmp_attach(AttachRequest{"vm1", "/run/x.sock", q.path_, 1});
+    FAIL() << "attach succeeded";
+  } catch (const QmpError&) {
+    FAIL() << "not a QEMU error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("closed the QMP connection"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Qmp, NotQemuAndBadSpecs) {
+  {
+    FakeQmp q("/tmp/sluice-fakeqmp-4.sock", [](const std::string&, const json::object&) { return std::string(); },
+              R"({"hello": "I am not QEMU"})");
+    try {
+      QmpClient c(q.path_, std::chrono::milliseconds(500));
+      FAIL() << "connected";
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find("not a QMP socket"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(QmpClient("/nonexistent/qmp.sock", std::chrono::milliseconds(100)), std::runtime_error);
+  EXPECT_EQ(parse_vmm("qmp:/a/b.sock"), "/a/b.sock");
+  EXPECT_EQ(parse_vmm("/a/b.sock"), "/a/b.sock");
+  EXPECT_THROW(parse_vmm("tcp:1.2.3.4:4444"), std::invalid_argument);
+  EXPECT_THROW(parse_vmm("qmp:relative.sock"), std::invalid_argument);
+}
+
+TEST(Qmp, ApiAttachErrorsWithoutAVmm) {
+  Daemon d(DaemonOptions{});
+  std::string out;
+  handle_rpc_async(d, R"({"jsonrpc":"2.0","id":3,"method":"attach","params":{"id":"nope","vmm":"qmp:/x"}})",
+                   [&](std::string s) { out = std::move(s); });
+  EXPECT_NE(out.find("no export with id 'nope'"), std::string::npos) << out;
+  handle_rpc_async(d, R"({"jsonrpc":"2.0","id":4,"method":"attach","params":{"id":"x"}})",
+                   [&](std::string s) { out = std::move(s); });
+  EXPECT_NE(out.find("-32602"), std::string::npos) << out;
+  handle_rpc_async(d, R"({"jsonrpc":"2.0","id":5,"method":"detach","params":{"id":"x"}})",
+                   [&](std::string s) { out = std::move(s); });
+  EXPECT_NE(out.find("not attached"), std::string::npos) << out;
+  handle_rpc_async(d, R"({"jsonrpc":"2.0","id":6,"method":"vmm-list"})", [&](std::string s) { out = std::move(s); });
+  EXPECT_NE(out.find("\"result\":[]"), std::string::npos) << out;
 }
 
 }  // namespace
