@@ -1,5 +1,9 @@
 // sluicectl: talks to sluiced's management API (JSON-RPC 2.0, one request per
 // line over a unix socket).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -11,6 +15,7 @@
 #include <string>
 
 #include "control/paths.h"
+#include "control/qmp.h"
 #include "control/spec.h"
 
 namespace json = boost::json;
@@ -35,6 +40,11 @@ const char kUsage[] = R"(usage: sluicectl [--api PATH] [--json] COMMAND
                        guest's memory must be shared (memfd/hugetlbfs, share=on)
   detach ID            unplug it again (waits for the guest to let go)
   vmm list             VMMs and what is attached to each
+  run-guest --kernel K --initrd I [--append TEXT] [--mem SIZE] [--qmp PATH]
+            [--console FILE] [--attach ID]... [--accel tcg|kvm] [--wait]
+                       start a QEMU guest with shared memory (memfd, share=on) and a
+                       QMP socket, paused; attach the named exports; then let it run.
+                       --wait: wait for the guest to power off (exit status: QEMU's)
   remove ID            remove an export (its front-end is disconnected)
 
   --api PATH           the daemon's API socket (default %s)
@@ -85,6 +95,110 @@ int call(const std::string& path, const std::string& method, json::object params
   return 0;
 }
 
+// run-guest: QEMU started paused (-S) so that the attached exports are in
+// place before the guest's firmware looks at the PCI bus; then "cont".
+int run_guest(const std::string& api, int argc, char** argv, int i) {
+  std::string kernel, initrd, append = "console=ttyS0 quiet panic=-1", mem = "512M", console, accel = "tcg";
+  std::string qmp = "/tmp/sluice-guest-" + std::to_string(::getpid()) + ".qmp";
+  std::vector<std::string> attach;
+  bool wait = false;
+  for (; i < argc; ++i) {
+    std::string a = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
+      return argv[++i];
+    };
+    try {
+      if (a == "--kernel") kernel = val();
+      else if (a == "--initrd") initrd = val();
+      else if (a == "--append") append = val();
+      else if (a == "--mem") mem = val();
+      else if (a == "--qmp") qmp = val();
+      else if (a == "--console") console = val();
+      else if (a == "--attach") attach.push_back(val());
+      else if (a == "--accel") accel = val();
+      else if (a == "--wait") wait = true;
+      else throw std::invalid_argument("unknown run-guest option " + a);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "sluicectl: %s\n", e.what());
+      return 2;
+    }
+  }
+  if (kernel.empty() || initrd.empty()) {
+    std::fprintf(stderr, "sluicectl: run-guest needs --kernel and --initrd\n");
+    return 2;
+  }
+  if (accel != "tcg" && accel != "kvm") {
+    std::fprintf(stderr, "sluicectl: --accel tcg or kvm\n");
+    return 2;
+  }
+  ::unlink(qmp.c_str());
+  std::vector<std::string> args = {"qemu-system-x86_64", "-accel", accel, "-cpu", "max", "-smp", "2", "-m", mem,
+                                   "-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
+                                   "-machine", "pc,memory-backend=mem", "-nographic", "-no-reboot", "-nic", "none",
+                                   "-qmp", "unix:" + qmp + ",server=on,wait=off", "-S",
+                                   "-kernel", kernel, "-initrd", initrd, "-append", append};
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    std::perror("sluicectl: fork");
+    return 1;
+  }
+  if (pid == 0) {
+    if (!console.empty()) {
+      int fd = ::open(console.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0) _exit(126);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+    }
+    int null = ::open("/dev/null", O_RDONLY);
+    if (null >= 0) ::dup2(null, 0);
+    std::vector<char*> av;
+    for (auto& x : args) av.push_back(x.data());
+    av.push_back(nullptr);
+    ::execvp(av[0], av.data());
+    _exit(127);
+  }
+  auto fail = [&](const std::string& why) {
+    std::fprintf(stderr, "sluicectl: %s\n", why.c_str());
+    ::kill(pid, SIGTERM);
+    ::waitpid(pid, nullptr, 0);
+    return 1;
+  };
+  // QEMU creates the QMP socket at start-up.
+  struct stat st;
+  for (int t = 0; t < 100 && ::stat(qmp.c_str(), &st) != 0; ++t) {
+    int status;
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      std::fprintf(stderr, "sluicectl: QEMU exited at start (is qemu-system-x86_64 installed?%s)\n",
+                   console.empty() ? "" : (" see " + console).c_str());
+      return 1;
+    }
+    ::usleep(50000);
+  }
+  std::printf("guest: QEMU pid %d, QMP %s%s%s\n", pid, qmp.c_str(), console.empty() ? "" : ", console ",
+              console.c_str());
+  for (const std::string& id : attach) {
+    json::value out;
+    if (call(api, "attach", json::object{{"id", id}, {"vmm", "qmp:" + qmp}}, out) != 0)
+      return fail("attaching " + id + " failed; guest stopped");
+    std::printf("guest: attached %s as %s\n", id.c_str(),
+                std::string(out.as_object().at("device").as_string()).c_str());
+  }
+  try {
+    sluice::control::QmpClient q(qmp);
+    q.execute("cont");
+  } catch (const std::exception& e) {
+    return fail(std::string("cannot start the guest: ") + e.what());
+  }
+  std::printf("guest: running%s\n", wait ? "; waiting for it to power off" : "");
+  std::fflush(stdout);
+  if (!wait) return 0;
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ::unlink(qmp.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -109,6 +223,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::string cmd = argv[i++];
+  if (cmd == "run-guest") return run_guest(api, argc, argv, i);
   json::object params;
   std::string method = cmd;
   if (cmd == "list") {
