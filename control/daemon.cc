@@ -526,6 +526,135 @@ json::object Daemon::irq() const {
                                                 {"bypass_possible", p.bypass_possible()}}}};
 }
 
+DaemonOptions load_config(const std::string& path, DaemonOptions o) {
+  std::ifstream f(path);
+  if (!f) throw std::runtime_error("cannot read " + path + ": " + std::strerror(errno));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  json::value v;
+  try {
+    v = json::parse(ss.str());
+  } catch (const std::exception& e) {
+    throw std::runtime_error(path + ": not valid JSON: " + e.what());
+  }
+  if (!v.is_object()) throw std::runtime_error(path + ": the top level must be an object");
+  const json::object& c = v.as_object();
+  auto bad = [&](const std::string& key, const std::string& why) {
+    return std::runtime_error(path + ": \"" + key + "\" " + why);
+  };
+  auto str = [&](const char* key, std::string& out) {
+    if (const json::value* x = c.if_contains(key)) {
+      if (!x->is_string()) throw bad(key, "must be a string");
+      out = std::string(x->as_string());
+    }
+  };
+  auto num = [&](const char* key, unsigned lo, unsigned hi, unsigned& out) {
+    if (const json::value* x = c.if_contains(key)) {
+      if (!x->is_int64() || x->as_int64() < lo || x->as_int64() > hi)
+        throw bad(key, "must be a number " + std::to_string(lo) + ".." + std::to_string(hi));
+      out = static_cast<unsigned>(x->as_int64());
+    }
+  };
+  auto ints = [&](const char* key, std::vector<int>& out) {
+    if (const json::value* x = c.if_contains(key)) {
+      if (!x->is_array()) throw bad(key, "must be an array of numbers");
+      out.clear();
+      for (const json::value& e : x->as_array()) {
+        if (!e.is_int64() || e.as_int64() < 0 || e.as_int64() > 65535) throw bad(key, "must hold numbers 0..65535");
+        out.push_back(static_cast<int>(e.as_int64()));
+      }
+    }
+  };
+  static const std::set<std::string> known = {"api", "api_group", "metrics", "workers", "cpus",
+                                              "poll_us", "vfio_groups", "exports"};
+  for (const auto& kv : c)
+    if (!known.count(std::string(kv.key()))) throw bad(std::string(kv.key()), "is not a known key");
+  str("api", o.api_path);
+  str("api_group", o.api_group);
+  str("metrics", o.metrics);
+  num("workers", 1, 64, o.workers);
+  num("poll_us", 0, 1000000, o.poll_us);
+  ints("cpus", o.cpus);
+  ints("vfio_groups", o.vfio_groups);
+  o.config = path;
+  o.config_exports.clear();
+  if (const json::value* x = c.if_contains("exports")) {
+    if (!x->is_array()) throw bad("exports", "must be an array of {\"blk\": \"SPEC\"}");
+    std::set<std::string> ids;
+    for (const json::value& e : x->as_array()) {
+      const json::value* b = e.is_object() ? e.as_object().if_contains("blk") : nullptr;
+      if (b == nullptr || !b->is_string()) throw bad("exports", "entries must be {\"blk\": \"SPEC\"}");
+      BlkSpec spec;
+      try {
+        spec = parse_blk_spec(std::string(b->as_string()));
+      } catch (const SpecError& se) {
+        throw bad("exports", std::string("has a bad spec: ") + se.what());
+      }
+      if (!ids.insert(spec.id).second) throw bad("exports", "names export '" + spec.id + "' twice");
+      o.config_exports.push_back(spec.id);
+      o.blk.push_back(spec);
+    }
+  }
+  return o;
+}
+
+json::object Daemon::reload() {
+  if (opts_.config.empty()) throw std::runtime_error("sluiced was not started with --config: nothing to reload");
+  DaemonOptions next = load_config(opts_.config);  // throws before anything changes
+  json::array added, removed, replaced, unchanged, errors, restart;
+  auto note = [&](json::array& a, const std::string& id) { a.push_back(json::string(id)); };
+  if (next.workers != opts_.workers) restart.push_back("workers");
+  if (next.cpus != opts_.cpus) restart.push_back("cpus");
+  if (next.poll_us != opts_.poll_us) restart.push_back("poll_us");
+  if (next.api_path != opts_.api_path) restart.push_back("api");
+  if (next.api_group != opts_.api_group) restart.push_back("api_group");
+  if (next.metrics != opts_.metrics) restart.push_back("metrics");
+  if (next.vfio_groups != opts_.vfio_groups) restart.push_back("vfio_groups");
+  std::map<std::string, BlkSpec> want;
+  for (const BlkSpec& b : next.blk) want[b.id] = b;
+  // Exports the old config defined and the new one drops or changes.
+  std::vector<std::string> keep_config;
+  for (const std::string& id : opts_.config_exports) {
+    auto it = exports_.find(id);
+    if (it == exports_.end()) continue;
+    auto w = want.find(id);
+    if (w != want.end() && w->second == it->second->spec()) {
+      note(unchanged, id);
+      keep_config.push_back(id);
+      want.erase(w);
+      continue;
+    }
+    try {
+      remove(id);
+      note(w == want.end() ? removed : replaced, id);
+    } catch (const std::exception& e) {
+      errors.push_back(json::object{{"id", id}, {"error", e.what()}});
+      keep_config.push_back(id);
+      if (w != want.end()) want.erase(w);
+    }
+  }
+  for (auto& [id, spec] : want) {
+    if (exports_.count(id)) {
+      errors.push_back(json::object{{"id", id}, {"error", "an export with this id was added through the API"}});
+      continue;
+    }
+    try {
+      add_blk(spec);
+      bool was_replaced = false;
+      for (auto& r : replaced) was_replaced |= r.as_string() == id;
+      if (!was_replaced) note(added, id);
+      keep_config.push_back(id);
+    } catch (const std::exception& e) {
+      errors.push_back(json::object{{"id", id}, {"error", e.what()}});
+    }
+  }
+  opts_.config_exports = keep_config;
+  LOG_INFO("daemon", "reloaded %s: %zu added, %zu removed, %zu replaced, %zu unchanged, %zu errors",
+           opts_.config.c_str(), added.size(), removed.size(), replaced.size(), unchanged.size(), errors.size());
+  return json::object{{"added", added},       {"removed", removed}, {"replaced", replaced},
+                      {"unchanged", unchanged}, {"errors", errors},   {"needs_restart", restart}};
+}
+
 void Daemon::attach(const std::string& id, const std::string& vmm_spec, Done done) {
   auto it = exports_.find(id);
   if (it == exports_.end()) return done(nullptr, "no export with id '" + id + "'");
@@ -940,6 +1069,8 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
       result = d.irq();
     } else if (m == "vmm-list") {
       result = d.vmm_list();
+    } else if (m == "reload") {
+      result = d.reload();
     } else if (m == "add-blk") {
       BlkSpec spec = parse_blk_spec(str_param("spec", true));
       d.add_blk(spec);

@@ -98,6 +98,8 @@ struct VfioDomain {
 
 struct DaemonOptions {
   std::vector<BlkSpec> blk;
+  std::string config;        // the config file these came from (reload re-reads it); empty: none
+  std::vector<std::string> config_exports;  // ids of the exports the config file defines
   std::vector<int> vfio_groups;      // --vfio-group: one container each
   vfio::Kernel* vfio_kernel = nullptr;  // the syscall seam (tests: a fake); null = the kernel
   std::string api_path;      // empty: no API
@@ -131,6 +133,10 @@ class Daemon {
   boost::json::object irq() const;
   // The Prometheus text the metrics endpoint serves.
   std::string metrics_text() const;
+  // Re-reads the config file: exports added, removed or changed there are
+  // added, removed or replaced; unchanged ones are not touched, nor are
+  // exports added through the API. Settings that need a restart are listed.
+  boost::json::object reload();
   // VMM attach (QMP). Run off the control thread; `done` is called on it
   // with the result, or with an error message.
   using Done = std::function<void(boost::json::value result, std::string error)>;
@@ -167,6 +173,11 @@ class Daemon {
   gid_t api_gid_ = static_cast<gid_t>(-1);
   bool stopping_ = false;
 };
+
+// The config file (docs/OPERATIONS.md): JSON with optional "api",
+// "api_group", "metrics", "workers", "cpus", "poll_us", "vfio_groups" and
+// "exports": [{"blk": "SPEC"}...]. Throws std::runtime_error (which key, why).
+DaemonOptions load_config(const std::string& path, DaemonOptions base = {});
 
 // Handles one JSON-RPC 2.0 request text; returns the response text (empty
 // for a notification). Never throws.

@@ -40,6 +40,8 @@ const char kUsage[] = R"(usage: sluicectl [--api PATH] [--json] COMMAND
                        guest's memory must be shared (memfd/hugetlbfs, share=on)
   detach ID            unplug it again (waits for the guest to let go)
   vmm list             VMMs and what is attached to each
+  reload               re-read sluiced's --config file: changed exports are
+                       replaced, unchanged ones untouched
   run-guest --kernel K --initrd I [--append TEXT] [--mem SIZE] [--qmp PATH]
             [--console FILE] [--attach ID]... [--accel tcg|kvm] [--wait]
                        start a QEMU guest with shared memory (memfd, share=on) and a
@@ -248,6 +250,7 @@ int main(int argc, char** argv) {
     }
   } else if (cmd == "detach" && i < argc) {
     params["id"] = argv[i++];
+  } else if (cmd == "reload") {
   } else if (cmd == "vmm" && i < argc && std::string(argv[i]) == "list") {
     ++i;
     method = "vmm-list";
@@ -327,6 +330,17 @@ int main(int argc, char** argv) {
                     std::string(a.as_object().at("device").as_string()).c_str(),
                     std::string(a.as_object().at("qemu").as_string()).c_str());
     }
+  } else if (cmd == "reload") {
+    auto& o = out.as_object();
+    for (const char* k : {"added", "removed", "replaced", "unchanged", "needs_restart"}) {
+      std::string line;
+      for (auto& x : o.at(k).as_array()) line += (line.empty() ? "" : ", ") + std::string(x.as_string());
+      std::printf("%-14s %s\n", k, line.empty() ? "-" : line.c_str());
+    }
+    for (auto& e : o.at("errors").as_array())
+      std::printf("error          %s: %s\n", std::string(e.as_object().at("id").as_string()).c_str(),
+                  std::string(e.as_object().at("error").as_string()).c_str());
+    if (!o.at("errors").as_array().empty()) return 1;
   } else if (cmd == "attach") {
     auto& o = out.as_object();
     std::printf("attached %s to %s as %s\n", std::string(o.at("id").as_string()).c_str(),

@@ -40,6 +40,9 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
                       offload=on      with vfio=: the device runs the queues itself,
                                       its interrupts go straight to the VMM's call fds
                     e.g. --blk id=vm1,path=/run/sluice/vm1.sock,file=/srv/vm1.img,queues=2,size=8G
+  --config FILE     read options and exports from FILE (JSON, see
+                    docs/OPERATIONS.md); sluicectl reload re-reads it. Options
+                    given on the command line after it override it
   --vfio-group N    open VFIO group N (/dev/vfio/N) in a type1 container and keep
                     every session's guest memory mapped in its IOMMU (IOVA =
                     guest physical address); repeatable, one container each
@@ -105,6 +108,12 @@ int main(int argc, char** argv) {
         opts.blk.push_back(parse_blk_spec(value()));
       } else if (a == "--api") {
         opts.api_path = value();
+      } else if (a == "--config") {
+        try {
+          opts = load_config(value(), opts);
+        } catch (const std::runtime_error& e) {
+          throw SpecError(e.what());
+        }
       } else if (a == "--metrics") {
         opts.metrics = value();
       } else if (a == "--api-group") {

@@ -22,6 +22,7 @@ struct BlkSpec {
   bool direct = true;         // use O_DIRECT where the file and the request allow it
   std::string vfio;           // PCI address of a virtio-blk device behind VFIO
   bool offload = false;       // its queues are handed to that device (vDPA-style)
+  friend bool operator==(const BlkSpec&, const BlkSpec&) = default;
 };
 
 // Thrown for a malformed spec; what() says which key and why.

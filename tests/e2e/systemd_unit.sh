@@ -6,7 +6,8 @@ set -uo pipefail
 UNIT=$1 SLUICED=$2 WORK=$3
 command -v systemd-analyze >/dev/null || { echo "no systemd-analyze: skipped"; exit 77; }
 mkdir -p "$WORK"
-sed "s|^ExecStart=/usr/local/bin/sluiced|ExecStart=$SLUICED|" "$UNIT" > "$WORK/sluiced.service"
+sed -e "s|^ExecStart=/usr/local/bin/sluiced|ExecStart=$SLUICED|" \
+    -e "s|^ExecReload=/usr/local/bin/sluicectl|ExecReload=$(dirname "$SLUICED")/sluicectl|" "$UNIT" > "$WORK/sluiced.service"
 grep -q "^ExecStart=$SLUICED " "$WORK/sluiced.service" || { echo "ExecStart line not found"; exit 1; }
 out=$(systemd-analyze verify "$WORK/sluiced.service" 2>&1); rc=$?
 echo "$out"

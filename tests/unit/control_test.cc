@@ -531,5 +531,99 @@ TEST(Qmp, ApiAttachErrorsWithoutAVmm) {
   EXPECT_NE(out.find("\"result\":[]"), std::string::npos) << out;
 }
 
+// ---------------------------------------------------------------- config + reload
+
+void write_file(const std::string& path, const std::string& text) {
+  FILE* f = std::fopen(path.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs(text.c_str(), f);
+  std::fclose(f);
+}
+
+TEST(Config, LoadsAndRefusesWithReasons) {
+  char dir[] = "/tmp/sluice-cfg-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  std::string p = std::string(dir) + "/c.json";
+  write_file(p, R"({"workers": 2, "cpus": [0, 1], "poll_us": 10, "metrics": "127.0.0.1:0",
+                    "exports": [{"blk": "id=a,path=/tmp/a.sock,null,size=1M"}]})");
+  DaemonOptions o = load_config(p);
+  EXPECT_EQ(o.workers, 2u);
+  EXPECT_EQ(o.cpus, (std::vector<int>{0, 1}));
+  EXPECT_EQ(o.poll_us, 10u);
+  ASSERT_EQ(o.blk.size(), 1u);
+  EXPECT_EQ(o.blk[0].id, "a");
+  EXPECT_EQ(o.config, p);
+  auto refused = [&](const char* text, const char* why) {
+    write_file(p, text);
+    try {
+      load_config(p);
+      ADD_FAILURE() << "accepted: " << text;
+    } catch (const std::runtime_error& e) {
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  };
+  refused("{not json", "not valid JSON");
+  refused("[1]", "top level must be an object");
+  refused(R"({"wrokers": 2})", "\"wrokers\" is not a known key");
+  refused(R"({"workers": 0})", "\"workers\" must be a number 1..64");
+  refused(R"({"cpus": "0,1"})", "\"cpus\" must be an array");
+  refused(R"({"exports": [{"blk": "id=a,file=/x"}]})", "bad spec");
+  refused(R"({"exports": [{"blk": "id=a,path=/tmp/a,null,size=1M"}, {"blk": "id=a,path=/tmp/b,null,size=1M"}]})",
+          "twice");
+  EXPECT_THROW(load_config(std::string(dir) + "/missing.json"), std::runtime_error);
+  ::unlink(p.c_str());
+  ::rmdir(dir);
+}
+
+json::value rpc_on(RunningDaemon& r, const std::string& req) {
+  std::promise<std::string> pr;
+  auto f = pr.get_future();
+  asio::post(r.d.io(), [&] { pr.set_value(handle_rpc(r.d, req)); });
+  return json::parse(f.get());
+}
+
+TEST(Config, ReloadTouchesOnlyWhatChanged) {
+  char dir[] = "/tmp/sluice-cfg-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  std::string d(dir), p = d + "/c.json";
+  auto spec = [&](const char* id, const char* extra) {
+    return std::string(R"({"blk": "id=)") + id + ",path=" + d + "/" + id + ".sock,null,size=1M" + extra + "\"}";
+  };
+  write_file(p, "{\"exports\": [" + spec("keep", "") + "," + spec("change", "") + "," + spec("drop", "") + "]}");
+  RunningDaemon r(load_config(p));
+  ASSERT_TRUE(r.wait_socket(d + "/drop.sock"));
+  // An export added through the API is not the config's to manage.
+  json::value add = rpc_on(r, R"({"jsonrpc":"2.0","id":1,"method":"add-blk","params":{"spec":"id=api,path=)" + d +
+                                  R"(/api.sock,null,size=1M"}})");
+  ASSERT_TRUE(add.as_object().contains("result")) << json::serialize(add);
+  struct stat before;
+  ASSERT_EQ(::stat((d + "/keep.sock").c_str(), &before), 0);
+  write_file(p, "{\"workers\": 3, \"exports\": [" + spec("keep", "") + "," + spec("change", ",ro") + "," +
+                    spec("new", "") + "]}");
+  json::value res = rpc_on(r, R"({"jsonrpc":"2.0","id":2,"method":"reload"})");
+  ASSERT_TRUE(res.as_object().contains("result")) << json::serialize(res);
+  const json::object& o = res.as_object().at("result").as_object();
+  EXPECT_EQ(json::serialize(o.at("unchanged")), R"(["keep"])");
+  EXPECT_EQ(json::serialize(o.at("replaced")), R"(["change"])");
+  EXPECT_EQ(json::serialize(o.at("removed")), R"(["drop"])");
+  EXPECT_EQ(json::serialize(o.at("added")), R"(["new"])");
+  EXPECT_EQ(json::serialize(o.at("needs_restart")), R"(["workers"])");
+  EXPECT_TRUE(o.at("errors").as_array().empty());
+  // The unchanged export kept its socket (same inode: never re-created).
+  struct stat after;
+  ASSERT_EQ(::stat((d + "/keep.sock").c_str(), &after), 0);
+  EXPECT_EQ(before.st_ino, after.st_ino);
+  json::value list = rpc_on(r, R"({"jsonrpc":"2.0","id":3,"method":"list"})");
+  std::string ids;
+  for (auto& e : list.as_object().at("result").as_array()) ids += std::string(e.as_object().at("id").as_string()) + " ";
+  EXPECT_EQ(ids, "api change keep new ");
+  // A broken file changes nothing and says why.
+  write_file(p, "{oops");
+  json::value bad = rpc_on(r, R"({"jsonrpc":"2.0","id":4,"method":"reload"})");
+  EXPECT_NE(json::serialize(bad).find("not valid JSON"), std::string::npos);
+  list = rpc_on(r, R"({"jsonrpc":"2.0","id":5,"method":"list"})");
+  EXPECT_EQ(list.as_object().at("result").as_array().size(), 4u);
+}
+
 }  // namespace
 }  // namespace sluice::control
