@@ -30,13 +30,13 @@ std::string err_text(const Error& e) {
 // ---------------------------------------------------------------- BlkExport
 
 BlkExport::BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev,
-                     std::unique_ptr<OffloadParts> offload)
-    : spec_(std::move(spec)), dev_(std::move(dev)), offload_(std::move(offload)), acceptor_(d.io()),
+                     std::unique_ptr<VfioParts> vfio)
+    : spec_(std::move(spec)), dev_(std::move(dev)), vfio_dev_(std::move(vfio)), acceptor_(d.io()),
       daemon_(d) {}
 
 VirtioDevice& BlkExport::device() {
-  if (offload_ && offload_->virtio) return *offload_->virtio;
-  if (offload_) return *offload_->passthrough;
+  if (vfio_dev_ && vfio_dev_->virtio) return *vfio_dev_->virtio;
+  if (vfio_dev_) return *vfio_dev_->passthrough;
   return *dev_;
 }
 
@@ -86,7 +86,7 @@ void BlkExport::accept() {
       // every region is mapped for the VFIO containers before any ring uses
       // it: the daemon's (--vfio-group) and an offload device's own.
       for (vfio::DmaMapper* m : daemon_.dma_mappers()) (void)dma_.attach(m, *session_->memory().snapshot());
-      if (offload_) (void)dma_.attach(offload_->mapper.get(), *session_->memory().snapshot());
+      if (vfio_dev_) (void)dma_.attach(vfio_dev_->mapper.get(), *session_->memory().snapshot());
       session_->add_memory_listener(&dma_);
       ++sessions_;
       LOG_INFO("export", "%s: front-end connected", spec_.id.c_str());
@@ -152,26 +152,26 @@ json::object BlkExport::describe() const {
   o["type"] = "vhost-user-blk";
   o["socket"] = spec_.path;
   o["file"] = spec_.file;
-  if (offload_ && offload_->passthrough) {
-    const vfio::PassthroughBlkDevice& p = *offload_->passthrough;
+  if (vfio_dev_ && vfio_dev_->passthrough) {
+    const vfio::PassthroughBlkDevice& p = *vfio_dev_->passthrough;
     o["size"] = p.capacity_bytes();
     o["queues"] = p.max_queues();
     o["read_only"] = ((p.device_features() >> VIRTIO_BLK_F_RO) & 1) != 0;
     o["direct_io"] = false;
     o["vfio_backend"] = json::object{{"device", spec_.vfio},
-                                     {"vectors", std::string(vfio::vector_policy_name(offload_->passthrough->driver().pci().policy()))},
-                                     {"device_queues", offload_->passthrough->driver().queues()}};
-  } else if (offload_) {
+                                     {"vectors", std::string(vfio::vector_policy_name(vfio_dev_->passthrough->driver().pci().policy()))},
+                                     {"device_queues", vfio_dev_->passthrough->driver().queues()}};
+  } else if (vfio_dev_) {
     uint64_t sectors = 0;
-    auto cfg = offload_->virtio->config();
+    auto cfg = vfio_dev_->virtio->config();
     if (cfg.size() >= 8) std::memcpy(&sectors, cfg.data(), 8);
     o["size"] = sectors * 512;
-    o["queues"] = offload_->virtio->max_queues();
+    o["queues"] = vfio_dev_->virtio->max_queues();
     o["read_only"] = false;
     o["direct_io"] = false;
     o["offload"] = json::object{{"device", spec_.vfio},
-                                {"vectors", std::string(vfio::vector_policy_name(offload_->virtio->pci().policy()))},
-                                {"hardware_features", offload_->virtio->hardware_features()}};
+                                {"vectors", std::string(vfio::vector_policy_name(vfio_dev_->virtio->pci().policy()))},
+                                {"hardware_features", vfio_dev_->virtio->hardware_features()}};
   } else {
     o["size"] = dev_->capacity_bytes();
     o["queues"] = spec_.queues;
@@ -188,9 +188,9 @@ json::object BlkExport::stats() const {
   json::object o;
   o["id"] = spec_.id;
   json::array qs;
-  if (offload_ && offload_->passthrough) {
-    for (uint16_t i = 0; i < offload_->passthrough->max_queues(); ++i) {
-      const vfio::PassthroughQueueStats& st = offload_->passthrough->stats(i);
+  if (vfio_dev_ && vfio_dev_->passthrough) {
+    for (uint16_t i = 0; i < vfio_dev_->passthrough->max_queues(); ++i) {
+      const vfio::PassthroughQueueStats& st = vfio_dev_->passthrough->stats(i);
       qs.push_back(json::object{{"queue", i},
                                 {"running", session_ && session_->queue_running(i)},
                                 {"requests", st.requests.load(std::memory_order_relaxed)},
@@ -204,10 +204,10 @@ json::object BlkExport::stats() const {
     o["queues"] = std::move(qs);
     return o;
   }
-  if (offload_) {
+  if (vfio_dev_) {
     // The device runs these queues: what we see is the plumbing, not requests.
-    for (uint16_t i = 0; i < offload_->virtio->max_queues(); ++i) {
-      vfio::OffloadQueueStats s = offload_->virtio->queue_stats(i);
+    for (uint16_t i = 0; i < vfio_dev_->virtio->max_queues(); ++i) {
+      vfio::OffloadQueueStats s = vfio_dev_->virtio->queue_stats(i);
       qs.push_back(json::object{{"queue", i},
                                 {"running", s.running},
                                 {"offloaded", true},
@@ -237,9 +237,9 @@ json::object BlkExport::stats() const {
 
 json::array BlkExport::irq() const {
   json::array a;
-  if (offload_ && offload_->virtio) {
-    for (uint16_t i = 0; i < offload_->virtio->max_queues(); ++i) {
-      vfio::OffloadQueueStats s = offload_->virtio->queue_stats(i);
+  if (vfio_dev_ && vfio_dev_->virtio) {
+    for (uint16_t i = 0; i < vfio_dev_->virtio->max_queues(); ++i) {
+      vfio::OffloadQueueStats s = vfio_dev_->virtio->queue_stats(i);
       a.push_back(json::object{
           {"export", spec_.id},
           {"queue", i},
@@ -254,7 +254,7 @@ json::array BlkExport::irq() const {
     }
     return a;
   }
-  uint16_t nq = offload_ ? offload_->passthrough->max_queues() : spec_.queues;
+  uint16_t nq = vfio_dev_ ? vfio_dev_->passthrough->max_queues() : spec_.queues;
   for (uint16_t i = 0; i < nq; ++i)
     a.push_back(json::object{{"export", spec_.id},
                              {"queue", i},
@@ -273,9 +273,9 @@ void BlkExport::metrics(MetricsText& m) const {
         static_cast<double>(sessions_));
   m.add("sluice_export_refused_messages_total", "counter", "vhost-user messages refused.", ex,
         static_cast<double>(refused_messages_));
-  if (offload_ && offload_->virtio) {
-    for (uint16_t i = 0; i < offload_->virtio->max_queues(); ++i) {
-      vfio::OffloadQueueStats st = offload_->virtio->queue_stats(i);
+  if (vfio_dev_ && vfio_dev_->virtio) {
+    for (uint16_t i = 0; i < vfio_dev_->virtio->max_queues(); ++i) {
+      vfio::OffloadQueueStats st = vfio_dev_->virtio->queue_stats(i);
       MetricsText::Labels l{{"export", spec_.id}, {"queue", std::to_string(i)}};
       m.add("sluice_queue_running", "gauge", "1 while the queue runs.", l, st.running ? 1 : 0);
       m.add("sluice_queue_offload_kicks_total", "counter", "Kicks relayed to an offload device's doorbell.",
@@ -283,13 +283,13 @@ void BlkExport::metrics(MetricsText& m) const {
     }
     return;
   }
-  uint16_t nq = offload_ ? offload_->passthrough->max_queues() : spec_.queues;
+  uint16_t nq = vfio_dev_ ? vfio_dev_->passthrough->max_queues() : spec_.queues;
   for (uint16_t i = 0; i < nq; ++i) {
     MetricsText::Labels l{{"export", spec_.id}, {"queue", std::to_string(i)}};
     m.add("sluice_queue_running", "gauge", "1 while the queue runs.", l,
           session_ && session_->queue_running(i) ? 1 : 0);
-    if (offload_) {
-      const vfio::PassthroughQueueStats& st = offload_->passthrough->stats(i);
+    if (vfio_dev_) {
+      const vfio::PassthroughQueueStats& st = vfio_dev_->passthrough->stats(i);
       m.add("sluice_queue_requests_total", "counter", "Requests taken from the ring.", l,
             static_cast<double>(st.requests.load(std::memory_order_relaxed)));
       m.add("sluice_queue_errors_total", "counter", "Requests completed with an error status.", l,
@@ -365,7 +365,7 @@ void Daemon::add_blk(const BlkSpec& spec) {
 
 void Daemon::add_offload(const BlkSpec& spec) {
   vfio::Kernel& k = opts_.vfio_kernel ? *opts_.vfio_kernel : vfio::Kernel::real();
-  auto parts = std::make_unique<OffloadParts>();
+  auto parts = std::make_unique<VfioParts>();
   auto g = vfio::iommu_group_of(spec.vfio);
   if (!g.ok())
     throw std::runtime_error("vfio=" + spec.vfio + ": no IOMMU group (" + err_text(g.error()) +

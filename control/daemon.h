@@ -38,7 +38,7 @@ class Daemon;
 // device, and either the offload model (offload=on: the device runs the
 // queues) or the pass-through backend (Sluice's workers feed the device the
 // guest's descriptors).
-struct OffloadParts {
+struct VfioParts {
   std::unique_ptr<vfio::Container> container;
   std::unique_ptr<vfio::Group> group;
   std::unique_ptr<vfio::Device> device;
@@ -53,7 +53,7 @@ struct OffloadParts {
 class BlkExport {
  public:
   BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev,
-            std::unique_ptr<OffloadParts> offload = nullptr);
+            std::unique_ptr<VfioParts> vfio = nullptr);
   ~BlkExport();
   void start();  // binds and listens; throws on failure
   void stop();   // ends the session (queues drained), closes and unlinks the socket
@@ -76,7 +76,7 @@ class BlkExport {
 
   BlkSpec spec_;
   std::unique_ptr<blk::BlkDevice> dev_;       // software data plane, or
-  std::unique_ptr<OffloadParts> offload_;     // queues run by a VFIO device
+  std::unique_ptr<VfioParts> vfio_dev_;       // a virtio device behind VFIO (offload or backend)
   unix_socket::acceptor acceptor_;
   std::optional<unix_socket::socket> conn_;
   std::unique_ptr<vhost::Session> session_;
