@@ -40,7 +40,10 @@ VirtioDevice& BlkExport::device() {
   return *dev_;
 }
 
-BlkExport::~BlkExport() { stop(); }
+BlkExport::~BlkExport() {
+  stop();
+  *alive_ = false;
+}
 
 void BlkExport::start() {
   ::unlink(spec_.path.c_str());  // a stale socket from an earlier run
@@ -62,7 +65,10 @@ void BlkExport::stop() {
 }
 
 void BlkExport::accept() {
-  acceptor_.async_accept([this](boost::system::error_code ec, unix_socket::socket s) {
+  // Handlers may run after the export is gone (removed while an accept or a
+  // wait was queued): they check the export's liveness token first.
+  acceptor_.async_accept([this, alive = alive_](boost::system::error_code ec, unix_socket::socket s) {
+    if (!*alive) return;
     if (ec) {
       if (ec != asio::error::operation_aborted)
         LOG_WARN("export", "%s: accept: %s", spec_.id.c_str(), ec.message().c_str());
@@ -97,7 +103,8 @@ void BlkExport::accept() {
 }
 
 void BlkExport::wait_message() {
-  conn_->async_wait(unix_socket::socket::wait_read, [this](boost::system::error_code ec) {
+  conn_->async_wait(unix_socket::socket::wait_read, [this, alive = alive_](boost::system::error_code ec) {
+    if (!*alive) return;
     if (ec == asio::error::operation_aborted || !conn_) return;
     if (ec) {
       end_session("socket error");

@@ -85,6 +85,7 @@ class BlkExport {
   Daemon& daemon_;
   uint64_t sessions_ = 0;
   uint64_t refused_messages_ = 0;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // false once destroyed
 };
 
 // A VFIO container with one group, and the mapper that keeps every

@@ -2,11 +2,15 @@
 
 // Beast's parser trips GCC's -Wmaybe-uninitialized under the sanitizers (a
 // false positive inside boost::optional); the warning stays on for our code.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
 #include <cstdio>
 #include <memory>
