@@ -38,24 +38,20 @@ void check_shared_memory(QmpClient& q) {
   }
 }
 
-bool has_chardev(QmpClient& q, const std::string& id) {
-  json::value v = q.execute("query-chardev");
+// Whether a QMP list answer holds an object whose `key` is `name`.
+bool lists(const json::value& v, const char* key, const std::string& name) {
   if (!v.is_array()) return false;
-  for (const json::value& c : v.as_array())
-    if (c.is_object() && c.as_object().contains("label") && c.as_object().at("label").is_string() &&
-        c.as_object().at("label").as_string() == id)
-      return true;
+  for (const json::value& e : v.as_array()) {
+    const json::value* k = e.is_object() ? e.as_object().if_contains(key) : nullptr;
+    if (k != nullptr && k->is_string() && k->as_string() == name) return true;
+  }
   return false;
 }
 
+bool has_chardev(QmpClient& q, const std::string& id) { return lists(q.execute("query-chardev"), "label", id); }
+
 bool has_device(QmpClient& q, const std::string& id) {
-  json::value v = q.execute("qom-list", {{"path", "/machine/peripheral"}});
-  if (!v.is_array()) return false;
-  for (const json::value& p : v.as_array())
-    if (p.is_object() && p.as_object().contains("name") && p.as_object().at("name").is_string() &&
-        p.as_object().at("name").as_string() == id)
-      return true;
-  return false;
+  return lists(q.execute("qom-list", {{"path", "/machine/peripheral"}}), "name", id);
 }
 
 }  // namespace
@@ -81,18 +77,13 @@ Attachment qmp_attach(const AttachRequest& r, std::chrono::milliseconds timeout)
         "qom-get", {{"path", "/machine/peripheral/" + a.device_id}, {"property", "realized"}}, timeout);
     if (!realized.is_bool() || !realized.as_bool())
       throw std::runtime_error("the VMM did not realize device " + a.device_id);
-  } catch (const QmpError&) {
-    // Undo: no chardev left behind (best effort: the VMM may be gone).
+  } catch (const std::exception&) {
+    // Undo: no chardev left behind (best effort: the VMM may be gone), then
+    // the original error, QEMU's words or ours.
     try {
       q.execute("chardev-remove", {{"id", a.chardev_id}}, std::chrono::seconds(5));
     } catch (const std::exception& e) {
       LOG_WARN("vmm", "undoing chardev %s: %s", a.chardev_id.c_str(), e.what());
-    }
-    throw;
-  } catch (const std::exception& e) {
-    try {
-      q.execute("chardev-remove", {{"id", a.chardev_id}}, std::chrono::seconds(5));
-    } catch (const std::exception&) {
     }
     throw;
   }

@@ -131,29 +131,18 @@ Status Device::region_write(uint32_t index, uint64_t off, std::span<const std::b
   return {};
 }
 
-Result<uint8_t> Device::config_read8(uint32_t off) {
+// PCI config space is little-endian, as is every host this builds for.
+template <class T>
+Result<T> Device::config_read(uint32_t off) {
   if (!pci_) return Errc::kVfioRegionBad;
-  uint8_t v = 0;
+  T v = 0;
   Status s = region_read(VFIO_PCI_CONFIG_REGION_INDEX, off, std::as_writable_bytes(std::span(&v, 1)));
   if (!s.ok()) return s.error();
   return v;
 }
 
-Result<uint32_t> Device::config_read32(uint32_t off) {
-  if (!pci_) return Errc::kVfioRegionBad;
-  uint32_t v = 0;
-  Status s = region_read(VFIO_PCI_CONFIG_REGION_INDEX, off, std::as_writable_bytes(std::span(&v, 1)));
-  if (!s.ok()) return s.error();
-  return v;
-}
-
-Result<uint16_t> Device::config_read16(uint32_t off) {
-  if (!pci_) return Errc::kVfioRegionBad;
-  uint16_t v = 0;
-  Status s = region_read(VFIO_PCI_CONFIG_REGION_INDEX, off, std::as_writable_bytes(std::span(&v, 1)));
-  if (!s.ok()) return s.error();
-  return v;  // PCI is little-endian, as is every host this builds for
-}
+Result<uint16_t> Device::config_read16(uint32_t off) { return config_read<uint16_t>(off); }
+Result<uint32_t> Device::config_read32(uint32_t off) { return config_read<uint32_t>(off); }
 
 Status Device::config_write16(uint32_t off, uint16_t v) {
   if (!pci_) return Errc::kVfioRegionBad;

@@ -78,7 +78,6 @@ class Device {
   Status region_write(uint32_t index, uint64_t off, std::span<const std::byte> in);
 
   // PCI config space (vfio-pci's config region).
-  Result<uint8_t> config_read8(uint32_t off);
   Result<uint16_t> config_read16(uint32_t off);
   Result<uint32_t> config_read32(uint32_t off);
   Status config_write16(uint32_t off, uint16_t v);
@@ -95,6 +94,8 @@ class Device {
 
  private:
   Device(Kernel& k, KFd fd, std::string name) : k_(&k), fd_(std::move(fd)), name_(std::move(name)) {}
+  template <class T>
+  Result<T> config_read(uint32_t off);
   Kernel* k_;
   KFd fd_;
   std::string name_;

@@ -48,13 +48,9 @@ Result<std::unique_ptr<VirtioOffloadDevice>> VirtioOffloadDevice::open(Device& d
   d->max_size_ = max.value();
   // The device-specific config as the hardware shows it (blk: capacity,
   // limits, geometry, num_queues...), bounded.
-  uint32_t len = std::min<uint32_t>(d->pci_->caps().device.length, 256);
-  d->config_.resize(len & ~3u);
-  for (uint32_t off = 0; off + 4 <= d->config_.size(); off += 4) {
-    auto v = d->pci_->config_read32(off);
-    if (!v.ok()) return v.error();
-    std::memcpy(&d->config_[off], &v.value(), 4);
-  }
+  auto cfg = d->pci_->config_snapshot(256);
+  if (!cfg.ok()) return cfg.error();
+  d->config_ = std::move(cfg.value());
   d->q_ = std::make_unique<Q[]>(d->nqueues_);
   d->epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
   d->stop_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));

@@ -181,28 +181,22 @@ Result<std::unique_ptr<PassthroughBlkDevice>> PassthroughBlkDevice::open(Device&
   d->drv_ = std::move(drv.value());
   // A vector each, or one queue: a shared vector's eventfd has one reader.
   d->nq_ = d->drv_->pci().policy() == VectorPolicy::kPerQueue ? d->drv_->queues() : 1;
-  d->workers_ = std::move(workers);
   d->offered_ = (d->drv_->features() & kBlkBits) | (uint64_t{1} << virtq::kFVersion1) |
                 (uint64_t{1} << virtq::kFEventIdx) | (uint64_t{1} << virtq::kFIndirectDesc);
   if (d->nq_ > 1) d->offered_ |= uint64_t{1} << VIRTIO_BLK_F_MQ;
   else d->offered_ &= ~(uint64_t{1} << VIRTIO_BLK_F_MQ);
-  uint32_t len = std::min<uint32_t>(d->drv_->pci().caps().device.length, 60) & ~3u;
-  d->config_.resize(len);
-  for (uint32_t off = 0; off + 4 <= len; off += 4) {
-    auto v = d->drv_->pci().config_read32(off);
-    if (!v.ok()) return v.error();
-    std::memcpy(&d->config_[off], &v.value(), 4);
-  }
+  auto cfg = d->drv_->pci().config_snapshot(60);  // struct virtio_blk_config through write_zeroes
+  if (!cfg.ok()) return cfg.error();
+  d->config_ = std::move(cfg.value());
   // num_queues (offset 34) says what we serve.
   if (d->config_.size() >= 36) std::memcpy(&d->config_[34], &d->nq_, 2);
   for (uint16_t i = 0; i < d->nq_; ++i) d->stats_.push_back(std::make_unique<PassthroughQueueStats>());
-  d->queues_.resize(d->nq_);
+  d->queues_.init(std::move(workers), d->nq_);
   return d;
 }
 
-PassthroughBlkDevice::~PassthroughBlkDevice() {
-  for (uint16_t i = 0; i < queues_.size(); ++i) queue_stopped(i);
-}
+// Queues first: they use the driver and the stats.
+PassthroughBlkDevice::~PassthroughBlkDevice() { queues_.stop_all(); }
 
 uint64_t PassthroughBlkDevice::capacity_bytes() const noexcept {
   uint64_t sectors = 0;
@@ -216,28 +210,18 @@ Status PassthroughBlkDevice::write_config(uint32_t, std::span<const uint8_t>) {
 
 Status PassthroughBlkDevice::queue_started(const QueueBinding& b) {
   if (b.index >= nq_) return Errc::kVringIndexOutOfRange;
-  queue_stopped(b.index);
-  auto q = std::make_unique<PassthroughQueue>(*this, b, *stats_[b.index]);
-  workers_[b.index % workers_.size()]->attach(q.get());
-  queues_[b.index] = std::move(q);
+  queues_.stop(b.index);
+  queues_.start(b.index, std::make_unique<PassthroughQueue>(*this, b, *stats_[b.index]));
   return {};
 }
 
-void PassthroughBlkDevice::queue_stopped(uint16_t index) {
-  if (index >= queues_.size() || !queues_[index]) return;
-  // Detach waits for the requests on the device to come back.
-  workers_[index % workers_.size()]->detach(queues_[index].get());
-  queues_[index].reset();
-}
+// Detaching waits for the requests on the device to come back.
+void PassthroughBlkDevice::queue_stopped(uint16_t index) { queues_.stop(index); }
 
-void PassthroughBlkDevice::call_fd_changed(uint16_t index, int call_fd) {
-  if (index >= queues_.size() || !queues_[index]) return;
-  queues_[index]->set_call_fd(call_fd);
-  workers_[index % workers_.size()]->sync();
-}
+void PassthroughBlkDevice::call_fd_changed(uint16_t index, int call_fd) { queues_.set_call_fd(index, call_fd); }
 
 void PassthroughBlkDevice::reset() {
-  for (uint16_t i = 0; i < queues_.size(); ++i) queue_stopped(i);
+  queues_.stop_all();
   driver_features_ = 0;
 }
 

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "dataplane/device/virtio_device.h"
+#include "dataplane/worker/queue_set.h"
 #include "dataplane/worker/worker.h"
 #include "vfio/virtio_blk.h"
 
@@ -60,11 +61,10 @@ class PassthroughBlkDevice final : public VirtioDevice {
   friend class PassthroughQueue;
   PassthroughBlkDevice() = default;
   std::unique_ptr<VirtioBlkDriver> drv_;
-  std::vector<Worker*> workers_;
   uint16_t nq_ = 0;
   uint64_t offered_ = 0, driver_features_ = 0;
   std::vector<uint8_t> config_;
-  std::vector<std::unique_ptr<PassthroughQueue>> queues_;
+  WorkerQueues<PassthroughQueue> queues_;
   std::vector<std::unique_ptr<PassthroughQueueStats>> stats_;
 };
 

@@ -95,54 +95,37 @@ VirtioBlkDriver::~VirtioBlkDriver() {
 Status VirtioBlkDriver::submit(uint16_t q, uint32_t type, uint64_t sector,
                                std::span<const virtq::DriverBuf> data, uint64_t token) {
   if (q >= rings_.size()) return Errc::kVirtioQueueUnavailable;
-  virtq::SplitDriver& r = *rings_[q];
-  if (data.size() + 2 > r.free_descs() || data.size() + 2 > 64) return Errc::kQueueFull;
-  // The header and status slots are indexed by the head the ring will use:
-  // reserve by adding first, with placeholders patched below.
-  virtq::DriverBuf bufs[66];
-  size_t n = 0;
-  bufs[n++] = virtq::DriverBuf{0, sizeof(virtio_blk_outhdr), false};
-  for (const auto& b : data) bufs[n++] = b;
-  bufs[n++] = virtq::DriverBuf{0, 1, true};
-  // A header/status slot from the queue's private free list (returned when
-  // the request completes; never from device-written memory).
-  if (free_slots_[q].empty()) return Errc::kQueueFull;
+  if (data.size() + 2 > rings_[q]->free_descs() || data.size() + 2 > 66 || free_slots_[q].empty())
+    return Errc::kQueueFull;
+  // Header and status live in a slot from the queue's private free list
+  // (returned when the request completes; never chosen by the device).
   uint16_t slot = free_slots_[q].back();
-  free_slots_[q].pop_back();
   uint64_t hdr = hdr_iova_[q] + uint64_t{16} * slot;
   uint64_t st = st_iova_[q] + slot;
-  bufs[0].addr = hdr;
-  bufs[n - 1].addr = st;
+  virtq::DriverBuf bufs[66];
+  size_t n = 0;
+  bufs[n++] = virtq::DriverBuf{hdr, sizeof(virtio_blk_outhdr), false};
+  for (const auto& b : data) bufs[n++] = b;
+  bufs[n++] = virtq::DriverBuf{st, 1, true};
   virtio_blk_outhdr h{};
   h.type = type;
   h.sector = sector;
   std::memcpy(arena_->host(hdr, sizeof h), &h, sizeof h);
   *arena_->host(st) = std::byte{0xff};
-  // The token carries the slot for reap() (status byte) and the caller's token.
-  auto head = r.add(std::span(bufs, n), false, (token << 16) | slot);
-  if (!head.ok()) {
-    free_slots_[q].push_back(slot);
-    return head.error();
-  }
-  if (r.publish()) pci_->notify(q);
+  // The token carries the slot (for the status byte) and the caller's token.
+  if (Status s = add_raw(q, std::span(bufs, n), (token << 16) | slot); !s.ok()) return s;
+  free_slots_[q].pop_back();
+  kick(q);
   return {};
 }
 
 Result<size_t> VirtioBlkDriver::reap(uint16_t q, const std::function<void(const BlkCompletion&)>& fn) {
-  if (q >= rings_.size()) return Errc::kVirtioQueueUnavailable;
-  size_t n = 0;
-  virtq::UsedBuf u;
-  for (;;) {
-    auto g = rings_[q]->get_used(u);
-    if (!g.ok()) return g.error();
-    if (!g.value()) break;
-    auto slot = static_cast<uint16_t>(u.token & 0xffff);
+  return reap_raw(q, [&](uint64_t token, uint32_t len) {
+    auto slot = static_cast<uint16_t>(token & 0xffff);
     uint8_t status = static_cast<uint8_t>(*arena_->host(st_iova_[q] + slot));
     free_slots_[q].push_back(slot);
-    fn(BlkCompletion{u.token >> 16, status, u.len});
-    ++n;
-  }
-  return n;
+    fn(BlkCompletion{token >> 16, status, len});
+  });
 }
 
 Status VirtioBlkDriver::add_raw(uint16_t q, std::span<const virtq::DriverBuf> bufs, uint64_t token) {

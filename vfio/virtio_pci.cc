@@ -323,28 +323,38 @@ void VirtioPci::notify(uint16_t q) noexcept {
   *reinterpret_cast<volatile uint16_t*>(window(caps_.notify) + at) = q;
 }
 
-Result<uint32_t> VirtioPci::config_read32(uint32_t off) {
-  if (!caps_.device.present || off > caps_.device.length || caps_.device.length - off < 4)
+Status VirtioPci::read_config(uint32_t off, std::span<uint32_t> words) {
+  const uint64_t len = uint64_t{4} * words.size();
+  if (!caps_.device.present || off > caps_.device.length || caps_.device.length - off < len)
     return Errc::kConfigOutOfRange;
+  // Every word under one config_generation (4.1.3.1).
   for (int tries = 0; tries < 100; ++tries) {
     uint8_t gen = c8(VIRTIO_PCI_COMMON_CFGGENERATION);
-    uint32_t v = rd<uint32_t>(caps_.device, off);
-    if (c8(VIRTIO_PCI_COMMON_CFGGENERATION) == gen) return v;
+    for (size_t i = 0; i < words.size(); ++i)
+      words[i] = rd<uint32_t>(caps_.device, off + static_cast<uint32_t>(4 * i));
+    if (c8(VIRTIO_PCI_COMMON_CFGGENERATION) == gen) return {};
   }
   return Errc::kVirtioDeviceFailed;
 }
 
+Result<uint32_t> VirtioPci::config_read32(uint32_t off) {
+  uint32_t w = 0;
+  if (Status s = read_config(off, std::span(&w, 1)); !s.ok()) return s.error();
+  return w;
+}
+
 Result<uint64_t> VirtioPci::config_read64(uint32_t off) {
-  if (!caps_.device.present || off > caps_.device.length || caps_.device.length - off < 8)
-    return Errc::kConfigOutOfRange;
-  // Two 32-bit reads under one generation (4.1.3.1).
-  for (int tries = 0; tries < 100; ++tries) {
-    uint8_t gen = c8(VIRTIO_PCI_COMMON_CFGGENERATION);
-    uint64_t lo = rd<uint32_t>(caps_.device, off);
-    uint64_t hi = rd<uint32_t>(caps_.device, off + 4);
-    if (c8(VIRTIO_PCI_COMMON_CFGGENERATION) == gen) return lo | (hi << 32);
-  }
-  return Errc::kVirtioDeviceFailed;
+  uint32_t w[2] = {};
+  if (Status s = read_config(off, w); !s.ok()) return s.error();
+  return uint64_t{w[0]} | (uint64_t{w[1]} << 32);
+}
+
+Result<std::vector<uint8_t>> VirtioPci::config_snapshot(uint32_t max_len) {
+  std::vector<uint32_t> words(std::min(caps_.device.length, max_len) / 4);
+  if (Status s = read_config(0, words); !s.ok()) return s.error();
+  std::vector<uint8_t> bytes(words.size() * 4);
+  std::memcpy(bytes.data(), words.data(), bytes.size());
+  return bytes;
 }
 
 }  // namespace sluice::vfio

@@ -106,10 +106,13 @@ class VirtioPci {
   // Device-specific configuration, read consistently (config_generation).
   Result<uint64_t> config_read64(uint32_t off);
   Result<uint32_t> config_read32(uint32_t off);
+  // The first max_len bytes (whole words) of device config, in one generation.
+  Result<std::vector<uint8_t>> config_snapshot(uint32_t max_len);
 
  private:
   explicit VirtioPci(Device& dev) : dev_(&dev) {}
   void teardown_vectors() noexcept;
+  Status read_config(uint32_t off, std::span<uint32_t> words);
   bool try_rung(VectorPolicy p, std::span<const bool> wants);
   volatile uint8_t* window(const VirtioCapRef& c) const noexcept;
   template <class T>

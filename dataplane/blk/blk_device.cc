@@ -278,7 +278,7 @@ Result<std::unique_ptr<BlkDevice>> BlkDevice::open(const BlkOptions& opts,
     return Errc::kInvalidArgument;
   std::unique_ptr<BlkDevice> d(new BlkDevice());
   d->opts_ = opts;
-  d->workers_ = std::move(workers);
+  d->queues_.init(std::move(workers), opts.queues);
   if (opts.null_backend) {
     if (opts.size < kSectorSize) return Errc::kInvalidArgument;
     d->init_geometry(opts.size);
@@ -330,12 +330,10 @@ void BlkDevice::init_geometry(uint64_t bytes) {
   c.max_write_zeroes_seg = limits_.max_write_zeroes_segments;
   c.write_zeroes_may_unmap = 1;
   for (uint16_t i = 0; i < opts_.queues; ++i) stats_.push_back(std::make_unique<BlkQueueStats>());
-  queues_.resize(opts_.queues);
 }
 
-BlkDevice::~BlkDevice() {
-  for (uint16_t i = 0; i < queues_.size(); ++i) queue_stopped(i);
-}
+// Queues first: they use the device's stats and options.
+BlkDevice::~BlkDevice() { queues_.stop_all(); }
 
 uint64_t BlkDevice::device_features() const {
   uint64_t f = (1ull << virtq::kFVersion1) | (1ull << virtq::kFEventIdx) |
@@ -358,27 +356,17 @@ Status BlkDevice::write_config(uint32_t, std::span<const uint8_t>) {
 
 Status BlkDevice::queue_started(const QueueBinding& b) {
   if (b.index >= queues_.size()) return Errc::kVringIndexOutOfRange;
-  queue_stopped(b.index);
-  auto q = std::make_unique<BlkQueue>(*this, b, *stats_[b.index]);
-  workers_[b.index % workers_.size()]->attach(q.get());
-  queues_[b.index] = std::move(q);
+  queues_.stop(b.index);
+  queues_.start(b.index, std::make_unique<BlkQueue>(*this, b, *stats_[b.index]));
   return {};
 }
 
-void BlkDevice::queue_stopped(uint16_t index) {
-  if (index >= queues_.size() || !queues_[index]) return;
-  workers_[index % workers_.size()]->detach(queues_[index].get());
-  queues_[index].reset();
-}
+void BlkDevice::queue_stopped(uint16_t index) { queues_.stop(index); }
 
-void BlkDevice::call_fd_changed(uint16_t index, int call_fd) {
-  if (index >= queues_.size() || !queues_[index]) return;
-  queues_[index]->set_call_fd(call_fd);
-  workers_[index % workers_.size()]->sync();
-}
+void BlkDevice::call_fd_changed(uint16_t index, int call_fd) { queues_.set_call_fd(index, call_fd); }
 
 void BlkDevice::reset() {
-  for (uint16_t i = 0; i < queues_.size(); ++i) queue_stopped(i);
+  queues_.stop_all();
   driver_features_ = 0;
 }
 

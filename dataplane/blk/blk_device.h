@@ -14,6 +14,7 @@
 
 #include "dataplane/blk/request.h"
 #include "dataplane/device/virtio_device.h"
+#include "dataplane/worker/queue_set.h"
 #include "dataplane/worker/worker.h"
 
 namespace sluice::blk {
@@ -127,8 +128,7 @@ class BlkDevice : public VirtioDevice {
   uint64_t driver_features_ = 0;
   std::atomic<bool> zero_range_unsupported_{false};
   bool memory_backed_ = false;  // tmpfs/ramfs: buffered I/O is a copy that never waits on a device
-  std::vector<Worker*> workers_;
-  std::vector<std::unique_ptr<BlkQueue>> queues_;
+  WorkerQueues<BlkQueue> queues_;
   std::vector<std::unique_ptr<BlkQueueStats>> stats_;
 };
 

@@ -132,6 +132,15 @@ d=open(\"$dir/vd$i.img\",\"rb\").read()
 ok=all(d[(2048+128*q)*512:(2048+128*q)*512+65536]==bytes((k*17+3+q+16*$i)&255 for k in range(65536)) for q in range($nq))
 sys.exit(0 if ok else 1)'"
 done
+# sluice-blkbench --rw verify's pattern in the first MiB of an image.
+has_verify_pattern() {
+  python3 -c '
+import struct,sys
+d=open(sys.argv[1],"rb").read(1<<20)
+for i in range(0,len(d),8):
+    s=i//512; v=((s*0x9e3779b97f4a7c15)&0xffffffffffffffff)^(i%512)
+    if struct.unpack_from("<Q",d,i)[0]!=v: sys.exit(1)' "$1"
+}
 grep -E '^VFIO-OFFLOAD' "$log" | sed 's/^/  /'
 check "offload: export listed with its device" "grep -q 'VFIO-OFFLOAD-LIST .*\"offload\":{\"device\":\"0000:00:13.0\"' '$log'"
 check "offload: every block written and read back intact through the device" \
@@ -148,12 +157,7 @@ import json,re,sys
 t=open(\"$log\").read()
 b=json.loads(re.search(r\"VFIO-OFFLOAD-WORKERS-BEFORE (.*)\",t).group(1)); a=json.loads(re.search(r\"VFIO-OFFLOAD-WORKERS-AFTER (.*)\",t).group(1))
 sys.exit(0 if sum(x[\"polls\"] for x in a)-sum(x[\"polls\"] for x in b) < 100 else 1)'"
-check "offload: the image holds the front-end's pattern" "python3 -c '
-import struct,sys
-d=open(\"$dir/vd3.img\",\"rb\").read(1<<20)
-for i in range(0,len(d),8):
-    s=i//512; v=((s*0x9e3779b97f4a7c15)&0xffffffffffffffff)^(i%512)
-    if struct.unpack_from(\"<Q\",d,i)[0]!=v: sys.exit(1)'"
+check "offload: the image holds the front-end's pattern" "has_verify_pattern '$dir/vd3.img'"
 check "offload: sluiced exited 0" "grep -q 'VFIO-OFFLOAD-SLUICED-EXIT 0' '$log'"
 grep -E '^VFIO-PT' "$log" | sed 's/^/  /'
 check "pass-through: export served by the workers on the device, 2 queues" \
@@ -163,12 +167,7 @@ check "pass-through: every block written and read back intact (2 queues)" \
 check "pass-through: random reads ran" "grep -q 'VFIO-PT-READ-EXIT 0' '$log'"
 check "pass-through: both queues carried requests, no errors, the device interrupted the workers" \
   "sed -n 's/^VFIO-PT-STATS //p' '$log' | python3 -c 'import json,sys; q=json.load(sys.stdin)[\"queues\"]; sys.exit(0 if all(x[\"requests\"]>0 and x[\"errors\"]==0 and x[\"device_interrupts\"]>0 for x in q) else 1)'"
-check "pass-through: the image holds the front-end's pattern" "python3 -c '
-import struct,sys
-d=open(\"$dir/vd4.img\",\"rb\").read(1<<20)
-for i in range(0,len(d),8):
-    s=i//512; v=((s*0x9e3779b97f4a7c15)&0xffffffffffffffff)^(i%512)
-    if struct.unpack_from(\"<Q\",d,i)[0]!=v: sys.exit(1)'"
+check "pass-through: the image holds the front-end's pattern" "has_verify_pattern '$dir/vd4.img'"
 check "pass-through: sluiced exited 0" "grep -q 'VFIO-PT-SLUICED-EXIT 0' '$log'"
 if [ $fail -ne 0 ]; then echo "--- console (tail):"; tail -60 "$log"; fi
 exit $fail

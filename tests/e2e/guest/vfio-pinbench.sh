@@ -2,15 +2,10 @@
 # Guest side of bench/pin_guest.sh: edu bound to vfio-pci, then only
 # sluice-pinbench, once per line of /tests/pinbench.args (@GROUP@ becomes
 # edu's IOMMU group).
-for m in $(cat /tests/vfio-modules.txt 2>/dev/null); do insmod "$m" 2>/dev/null; done
-EDU=
-for d in /sys/bus/pci/devices/*; do
-  [ "$(cat $d/vendor):$(cat $d/device)" = "0x1234:0x11e8" ] && EDU=$(basename $d)
-done
-[ -e /sys/bus/pci/devices/$EDU/driver ] && echo $EDU > /sys/bus/pci/devices/$EDU/driver/unbind
-echo vfio-pci > /sys/bus/pci/devices/$EDU/driver_override
-echo $EDU > /sys/bus/pci/drivers_probe
-G=$(readlink /sys/bus/pci/devices/$EDU/iommu_group); G=${G##*/}
+. /tests/vfio-lib.sh
+EDU=$(find_edu)
+bind_vfio $EDU
+G=$(group_of $EDU)
 echo "VFIO-PINBENCH-BEGIN"
 rc=0
 while read -r args; do

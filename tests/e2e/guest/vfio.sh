@@ -2,17 +2,12 @@
 # Guest side of e2e_vfio_guest: bind QEMU's edu to vfio-pci, run
 # sluice-vfio-edu (DMA through the planner, unmapped DMA, MSI), then a small
 # sluice-pinbench with VFIO on edu's group. Markers for the host: VFIO-*.
-for m in $(cat /tests/vfio-modules.txt 2>/dev/null); do insmod "$m" 2>/dev/null; done
-EDU=
-for d in /sys/bus/pci/devices/*; do
-  [ "$(cat $d/vendor):$(cat $d/device)" = "0x1234:0x11e8" ] && EDU=$(basename $d)
-done
+. /tests/vfio-lib.sh
+EDU=$(find_edu)
 [ -n "$EDU" ] || { echo "VFIO-FAIL no edu device"; exit 1; }
-[ -e /sys/bus/pci/devices/$EDU/driver ] && echo $EDU > /sys/bus/pci/devices/$EDU/driver/unbind
-echo vfio-pci > /sys/bus/pci/devices/$EDU/driver_override
-echo $EDU > /sys/bus/pci/drivers_probe
+bind_vfio $EDU
 drv=$(readlink /sys/bus/pci/devices/$EDU/driver)
-G=$(readlink /sys/bus/pci/devices/$EDU/iommu_group); G=${G##*/}
+G=$(group_of $EDU)
 echo "VFIO-BIND $EDU driver=${drv##*/} group=$G"
 mkdir -p /mnt/huge
 mount -t hugetlbfs -o pagesize=2M none /mnt/huge || echo "VFIO-FAIL hugetlbfs mount"
@@ -55,9 +50,7 @@ if [ -x /bin/sluice-virtio-vfio ]; then
   for slot in 10 11 12 15; do
     A=0000:00:$slot.0
     [ -e /sys/bus/pci/devices/$A ] || continue
-    [ -e /sys/bus/pci/devices/$A/driver ] && echo $A > /sys/bus/pci/devices/$A/driver/unbind
-    echo vfio-pci > /sys/bus/pci/devices/$A/driver_override
-    echo $A > /sys/bus/pci/drivers_probe
+    bind_vfio $A
     case $slot in 10) P=per-queue;; 11) P=shared;; 12) P=none;; 15) P=bringup;; esac
     args="$args $A:$P:$i"; i=$((i + 1))
   done
@@ -70,9 +63,7 @@ fi
 # straight onto the front-end's call eventfd; the workers stay asleep.
 A=0000:00:13.0
 if [ -x /bin/sluiced ] && [ -e /sys/bus/pci/devices/$A ]; then
-  [ -e /sys/bus/pci/devices/$A/driver ] && echo $A > /sys/bus/pci/devices/$A/driver/unbind
-  echo vfio-pci > /sys/bus/pci/devices/$A/driver_override
-  echo $A > /sys/bus/pci/drivers_probe
+  bind_vfio $A
   /bin/sluiced --blk id=o,path=/tmp/o.sock,vfio=$A,offload=on --api /tmp/api2.sock > /tmp/sluiced2.log 2>&1 &
   SPID=$!
   for i in $(seq 1 100); do [ -S /tmp/api2.sock ] && [ -S /tmp/o.sock ] && break; sleep 0.1; done
@@ -99,9 +90,7 @@ fi
 # descriptors (IOVA = guest physical address), no copy, no bounce.
 A=0000:00:14.0
 if [ -x /bin/sluiced ] && [ -e /sys/bus/pci/devices/$A ]; then
-  [ -e /sys/bus/pci/devices/$A/driver ] && echo $A > /sys/bus/pci/devices/$A/driver/unbind
-  echo vfio-pci > /sys/bus/pci/devices/$A/driver_override
-  echo $A > /sys/bus/pci/drivers_probe
+  bind_vfio $A
   /bin/sluiced --blk id=p,path=/tmp/p.sock,vfio=$A --api /tmp/api3.sock > /tmp/sluiced3.log 2>&1 &
   SPID=$!
   for i in $(seq 1 100); do [ -S /tmp/api3.sock ] && [ -S /tmp/p.sock ] && break; sleep 0.1; done
