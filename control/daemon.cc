@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <variant>
 
 #include "dataplane/base/log.h"
 #include "vfio/irq_platform.h"
@@ -27,58 +28,47 @@ std::string err_text(const Error& e) {
 }
 }  // namespace
 
-// ---------------------------------------------------------------- BlkExport
+// ---------------------------------------------------------------- Export
 
-BlkExport::BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev,
-                     std::unique_ptr<VfioParts> vfio)
-    : spec_(std::move(spec)), dev_(std::move(dev)), vfio_dev_(std::move(vfio)), acceptor_(d.io()),
-      daemon_(d) {}
+Export::Export(Daemon& d, std::string id, std::string path)
+    : id_(std::move(id)), path_(std::move(path)), acceptor_(d.io()), daemon_(d) {}
 
-VirtioDevice& BlkExport::device() {
-  if (vfio_dev_ && vfio_dev_->virtio) return *vfio_dev_->virtio;
-  if (vfio_dev_) return *vfio_dev_->passthrough;
-  return *dev_;
-}
+Export::~Export() { *alive_ = false; }
 
-BlkExport::~BlkExport() {
-  stop();
-  *alive_ = false;
-}
-
-void BlkExport::start() {
-  ::unlink(spec_.path.c_str());  // a stale socket from an earlier run
-  unix_socket::endpoint ep(spec_.path);
+void Export::start() {
+  ::unlink(path_.c_str());  // a stale socket from an earlier run
+  unix_socket::endpoint ep(path_);
   acceptor_.open(ep.protocol());
   acceptor_.bind(ep);
-  ::chmod(spec_.path.c_str(), 0600);
+  ::chmod(path_.c_str(), 0600);
   acceptor_.listen();
   accept();
 }
 
-void BlkExport::stop() {
+void Export::stop() {
   end_session("export stopped");
   if (acceptor_.is_open()) {
     boost::system::error_code ec;
     acceptor_.close(ec);
-    ::unlink(spec_.path.c_str());
+    ::unlink(path_.c_str());
   }
 }
 
-void BlkExport::accept() {
+void Export::accept() {
   // Handlers may run after the export is gone (removed while an accept or a
   // wait was queued): they check the export's liveness token first.
   acceptor_.async_accept([this, alive = alive_](boost::system::error_code ec, unix_socket::socket s) {
     if (!*alive) return;
     if (ec) {
       if (ec != asio::error::operation_aborted)
-        LOG_WARN("export", "%s: accept: %s", spec_.id.c_str(), ec.message().c_str());
+        LOG_WARN("export", "%s: accept: %s", id_.c_str(), ec.message().c_str());
       if (acceptor_.is_open() && ec != asio::error::operation_aborted) accept();
       return;
     }
     if (conn_) {
       // vhost-user is one front-end per socket: a second one is turned away
       // and the first keeps its device.
-      LOG_WARN("export", "%s: refusing a second front-end while one is connected", spec_.id.c_str());
+      LOG_WARN("export", "%s: refusing a second front-end while one is connected", id_.c_str());
       boost::system::error_code ignore;
       s.close(ignore);
     } else {
@@ -87,22 +77,22 @@ void BlkExport::accept() {
       ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
       ::setsockopt(s.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
       conn_.emplace(std::move(s));
-      session_ = std::make_unique<vhost::Session>(device(), spec_.id);
+      session_ = std::make_unique<vhost::Session>(device(), id_);
       // The session's memory is empty now; from its first SET_MEM_TABLE on,
       // every region is mapped for the VFIO containers before any ring uses
       // it: the daemon's (--vfio-group) and an offload device's own.
       for (vfio::DmaMapper* m : daemon_.dma_mappers()) (void)dma_.attach(m, *session_->memory().snapshot());
-      if (vfio_dev_) (void)dma_.attach(vfio_dev_->mapper.get(), *session_->memory().snapshot());
+      if (vfio::DmaMapper* m = own_mapper()) (void)dma_.attach(m, *session_->memory().snapshot());
       session_->add_memory_listener(&dma_);
       ++sessions_;
-      LOG_INFO("export", "%s: front-end connected", spec_.id.c_str());
+      LOG_INFO("export", "%s: front-end connected", id_.c_str());
       wait_message();
     }
     accept();
   });
 }
 
-void BlkExport::wait_message() {
+void Export::wait_message() {
   conn_->async_wait(unix_socket::socket::wait_read, [this, alive = alive_](boost::system::error_code ec) {
     if (!*alive) return;
     if (ec == asio::error::operation_aborted || !conn_) return;
@@ -114,7 +104,7 @@ void BlkExport::wait_message() {
   });
 }
 
-void BlkExport::on_readable() {
+void Export::on_readable() {
   vhost::Message m;
   Status s = vhost::recv_message(conn_->native_handle(), m);
   if (!s.ok()) {
@@ -138,9 +128,9 @@ void BlkExport::on_readable() {
   wait_message();
 }
 
-void BlkExport::end_session(const char* why) {
+void Export::end_session(const char* why) {
   if (!conn_) return;
-  LOG_INFO("export", "%s: session ended: %s", spec_.id.c_str(), why);
+  LOG_INFO("export", "%s: session ended: %s", id_.c_str(), why);
   // Destroying the session stops every ring: the workers complete what they
   // took before the device lets go of the queues. Only then does its memory
   // leave the IOMMU (the table we hold keeps the mappings alive until then).
@@ -152,6 +142,54 @@ void BlkExport::end_session(const char* why) {
   conn_->close(ignore);
   conn_.reset();
 }
+
+void Export::describe_session(json::object& o) const {
+  o["connected"] = conn_.has_value();
+  o["sessions"] = sessions_;
+  o["refused_messages"] = refused_messages_;
+}
+
+uint16_t Export::virtqueues() const {
+  return const_cast<Export*>(this)->device().max_queues();
+}
+
+json::array Export::irq() const {
+  json::array a;
+  for (uint16_t i = 0; i < virtqueues(); ++i)
+    a.push_back(json::object{{"export", id_},
+                             {"queue", i},
+                             {"kind", "software"},
+                             {"eventfd", session_ ? session_->call_fd(i) : -1},
+                             {"running", queue_running(i)},
+                             {"bypass_eligible", false}});
+  return a;
+}
+
+void Export::metrics(MetricsText& m) const {
+  const MetricsText::Labels ex{{"export", id_}, {"type", type()}};
+  m.add("sluice_export_connected", "gauge", "1 while a vhost-user front-end is connected.", ex,
+        conn_.has_value() ? 1 : 0);
+  m.add("sluice_export_sessions_total", "counter", "Front-end sessions accepted.", ex,
+        static_cast<double>(sessions_));
+  m.add("sluice_export_refused_messages_total", "counter", "vhost-user messages refused.", ex,
+        static_cast<double>(refused_messages_));
+}
+
+// ---------------------------------------------------------------- BlkExport
+
+BlkExport::BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev,
+                     std::unique_ptr<VfioParts> vfio)
+    : Export(d, spec.id, spec.path), spec_(std::move(spec)), dev_(std::move(dev)), vfio_dev_(std::move(vfio)) {}
+
+BlkExport::~BlkExport() { stop(); }
+
+VirtioDevice& BlkExport::device() {
+  if (vfio_dev_ && vfio_dev_->virtio) return *vfio_dev_->virtio;
+  if (vfio_dev_) return *vfio_dev_->passthrough;
+  return *dev_;
+}
+
+uint16_t BlkExport::queues() const { return virtqueues(); }
 
 json::object BlkExport::describe() const {
   json::object o;
@@ -185,9 +223,7 @@ json::object BlkExport::describe() const {
     o["read_only"] = spec_.read_only;
     o["direct_io"] = dev_->direct_io();
   }
-  o["connected"] = conn_.has_value();
-  o["sessions"] = sessions_;
-  o["refused_messages"] = refused_messages_;
+  describe_session(o);
   return o;
 }
 
@@ -199,7 +235,7 @@ json::object BlkExport::stats() const {
     for (uint16_t i = 0; i < vfio_dev_->passthrough->max_queues(); ++i) {
       const vfio::PassthroughQueueStats& st = vfio_dev_->passthrough->stats(i);
       qs.push_back(json::object{{"queue", i},
-                                {"running", session_ && session_->queue_running(i)},
+                                {"running", queue_running(i)},
                                 {"requests", st.requests.load(std::memory_order_relaxed)},
                                 {"read_bytes", 0},
                                 {"write_bytes", 0},
@@ -229,7 +265,7 @@ json::object BlkExport::stats() const {
     const blk::BlkQueueStats& s = dev_->stats(i);
     json::object q;
     q["queue"] = i;
-    q["running"] = session_ && session_->queue_running(i);
+    q["running"] = queue_running(i);
     q["requests"] = s.requests.load(std::memory_order_relaxed);
     q["read_bytes"] = s.read_bytes.load(std::memory_order_relaxed);
     q["write_bytes"] = s.write_bytes.load(std::memory_order_relaxed);
@@ -261,25 +297,11 @@ json::array BlkExport::irq() const {
     }
     return a;
   }
-  uint16_t nq = vfio_dev_ ? vfio_dev_->passthrough->max_queues() : spec_.queues;
-  for (uint16_t i = 0; i < nq; ++i)
-    a.push_back(json::object{{"export", spec_.id},
-                             {"queue", i},
-                             {"kind", "software"},
-                             {"eventfd", session_ ? session_->call_fd(i) : -1},
-                             {"running", session_ && session_->queue_running(i)},
-                             {"bypass_eligible", false}});
-  return a;
+  return Export::irq();
 }
 
 void BlkExport::metrics(MetricsText& m) const {
-  const MetricsText::Labels ex{{"export", spec_.id}};
-  m.add("sluice_export_connected", "gauge", "1 while a vhost-user front-end is connected.", ex,
-        conn_.has_value() ? 1 : 0);
-  m.add("sluice_export_sessions_total", "counter", "Front-end sessions accepted.", ex,
-        static_cast<double>(sessions_));
-  m.add("sluice_export_refused_messages_total", "counter", "vhost-user messages refused.", ex,
-        static_cast<double>(refused_messages_));
+  Export::metrics(m);
   if (vfio_dev_ && vfio_dev_->virtio) {
     for (uint16_t i = 0; i < vfio_dev_->virtio->max_queues(); ++i) {
       vfio::OffloadQueueStats st = vfio_dev_->virtio->queue_stats(i);
@@ -293,8 +315,7 @@ void BlkExport::metrics(MetricsText& m) const {
   uint16_t nq = vfio_dev_ ? vfio_dev_->passthrough->max_queues() : spec_.queues;
   for (uint16_t i = 0; i < nq; ++i) {
     MetricsText::Labels l{{"export", spec_.id}, {"queue", std::to_string(i)}};
-    m.add("sluice_queue_running", "gauge", "1 while the queue runs.", l,
-          session_ && session_->queue_running(i) ? 1 : 0);
+    m.add("sluice_queue_running", "gauge", "1 while the queue runs.", l, queue_running(i) ? 1 : 0);
     if (vfio_dev_) {
       const vfio::PassthroughQueueStats& st = vfio_dev_->passthrough->stats(i);
       m.add("sluice_queue_requests_total", "counter", "Requests taken from the ring.", l,
@@ -330,17 +351,86 @@ void BlkExport::metrics(MetricsText& m) const {
   }
 }
 
+// ---------------------------------------------------------------- NetExport
+
+NetExport::NetExport(Daemon& d, NetSpec spec, std::unique_ptr<net::NetDevice> dev)
+    : Export(d, spec.id, spec.path), spec_(std::move(spec)), dev_(std::move(dev)) {}
+
+NetExport::~NetExport() { stop(); }
+
+namespace {
+json::object port_counters(const net::PortStats& st) {
+  auto v = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  json::object drops;
+  for (unsigned k = 0; k < net::kDropKinds; ++k)
+    drops[net::drop_name(static_cast<net::Drop>(k))] = v(st.drops[k]);
+  return json::object{{"tx_packets", v(st.tx_packets)}, {"tx_bytes", v(st.tx_bytes)},
+                      {"rx_packets", v(st.rx_packets)}, {"rx_bytes", v(st.rx_bytes)},
+                      {"drops", std::move(drops)}};
+}
+}  // namespace
+
+json::object NetExport::describe() const {
+  json::object o;
+  o["id"] = spec_.id;
+  o["type"] = "vhost-user-net";
+  o["socket"] = spec_.path;
+  o["switch"] = spec_.sw;
+  o["mode"] = spec_.mode;
+  o["mac"] = net::format_mac(dev_->mac());
+  o["mtu"] = spec_.mtu;
+  o["queues"] = spec_.queues;
+  if (spec_.mode == "source") o["frame"] = spec_.frame;
+  o["vnet_hdr_len"] = dev_->hdr_len();
+  o["mrg_rxbuf"] = dev_->mrg_rxbuf();
+  describe_session(o);
+  return o;
+}
+
+json::object NetExport::stats() const {
+  json::object o = port_counters(dev_->stats());
+  o["id"] = spec_.id;
+  o["switch"] = spec_.sw;
+  o["promisc"] = dev_->promisc();
+  o["active_pairs"] = dev_->active_pairs();
+  o["ctrl_commands"] = dev_->ctrl_commands();
+  o["ctrl_errors"] = dev_->ctrl_errors();
+  json::array qs;
+  for (uint16_t i = 0; i < dev_->max_queues(); ++i) qs.push_back(json::object{{"queue", i}, {"running", queue_running(i)}});
+  o["queues"] = std::move(qs);
+  return o;
+}
+
+void NetExport::metrics(MetricsText& m) const {
+  Export::metrics(m);
+  const net::PortStats& st = dev_->stats();
+  MetricsText::Labels l{{"export", spec_.id}, {"switch", spec_.sw}};
+  auto v = [](const std::atomic<uint64_t>& a) { return static_cast<double>(a.load(std::memory_order_relaxed)); };
+  m.add("sluice_port_tx_packets_total", "counter", "Frames the port's guest sent into the switch.", l, v(st.tx_packets));
+  m.add("sluice_port_tx_bytes_total", "counter", "Bytes the port's guest sent into the switch.", l, v(st.tx_bytes));
+  m.add("sluice_port_rx_packets_total", "counter", "Frames delivered to the port's guest.", l, v(st.rx_packets));
+  m.add("sluice_port_rx_bytes_total", "counter", "Bytes delivered to the port's guest.", l, v(st.rx_bytes));
+  for (unsigned k = 0; k < net::kDropKinds; ++k) {
+    MetricsText::Labels ld = l;
+    ld.emplace_back("reason", net::drop_name(static_cast<net::Drop>(k)));
+    m.add("sluice_port_drops_total", "counter", "Frames dropped at the port, by reason.", ld, v(st.drops[k]));
+  }
+}
+
 // ---------------------------------------------------------------- Daemon
 
 Daemon::Daemon(DaemonOptions opts) : opts_(std::move(opts)) {}
 
 Daemon::~Daemon() { shutdown(); }
 
-void Daemon::add_blk(const BlkSpec& spec) {
-  if (exports_.count(spec.id)) throw std::runtime_error("an export with id '" + spec.id + "' exists");
+void Daemon::check_new_export(const std::string& new_id, const std::string& path) const {
+  if (exports_.count(new_id)) throw std::runtime_error("an export with id '" + new_id + "' exists");
   for (auto& [id, e] : exports_)
-    if (e->spec().path == spec.path)
-      throw std::runtime_error("socket " + spec.path + " is already used by export '" + id + "'");
+    if (e->path() == path) throw std::runtime_error("socket " + path + " is already used by export '" + id + "'");
+}
+
+void Daemon::add_blk(const BlkSpec& spec) {
+  check_new_export(spec.id, spec.path);
   if (!spec.vfio.empty()) {
     add_offload(spec);
     return;
@@ -422,6 +512,93 @@ void Daemon::add_offload(const BlkSpec& spec) {
   LOG_INFO("daemon", "export %s: %s %s (%s) on %s", spec.id.c_str(),
            spec.offload ? "queues offloaded to" : "served by Sluice's workers on", spec.vfio.c_str(),
            format_size(e->describe().at("size").to_number<uint64_t>()).c_str(), spec.path.c_str());
+  exports_[spec.id] = std::move(e);
+}
+
+net::Switch& Daemon::create_switch(const std::string& name, uint64_t aging_s) {
+  check_switch_name(name);
+  if (switches_.count(name)) throw std::runtime_error("switch '" + name + "' exists");
+  if (aging_s == 0 || aging_s > 86400) throw std::runtime_error("aging: 1..86400 seconds");
+  // Each switch runs on one worker: the one with the fewest switches.
+  std::map<Worker*, unsigned> load;
+  for (auto& w : workers_) load[w.get()] = 0;
+  for (auto& [n, sw] : switches_) ++load[&sw->worker()];
+  Worker* w = workers_.front().get();
+  for (auto& ww : workers_)
+    if (load[ww.get()] < load[w]) w = ww.get();
+  auto sw = std::make_unique<net::Switch>(name, *w, aging_s);
+  net::Switch& ref = *sw;
+  switches_[name] = std::move(sw);
+  LOG_INFO("daemon", "switch %s on %s (MAC aging %llus)", name.c_str(), w->name().c_str(),
+           static_cast<unsigned long long>(aging_s));
+  return ref;
+}
+
+void Daemon::delete_switch(const std::string& name) {
+  auto it = switches_.find(name);
+  if (it == switches_.end()) throw std::runtime_error("no switch '" + name + "'");
+  if (!it->second->ports().empty())
+    throw std::runtime_error("switch '" + name + "' has " + std::to_string(it->second->ports().size()) +
+                             " port(s): remove them first");
+  switches_.erase(it);
+  LOG_INFO("daemon", "switch %s deleted", name.c_str());
+}
+
+json::array Daemon::switch_list() const {
+  json::array a;
+  for (auto& [name, sw] : switches_) {
+    json::array ports;
+    for (net::SwitchPort* p : sw->ports())
+      ports.push_back(json::object{{"name", p->name()}, {"kind", p->kind()}, {"counters", port_counters(p->stats())}});
+    a.push_back(json::object{{"name", name},
+                             {"worker", sw->worker().name()},
+                             {"aging_s", sw->aging_s()},
+                             {"flooded", sw->flooded()},
+                             {"learned", sw->learned()},
+                             {"ports", std::move(ports)}});
+  }
+  return a;
+}
+
+json::array Daemon::mac_table(const std::string& name) const {
+  auto it = switches_.find(name);
+  if (it == switches_.end()) throw std::runtime_error("no switch '" + name + "'");
+  json::array a;
+  for (const net::MacEntry& e : it->second->mac_table())
+    a.push_back(json::object{{"mac", net::format_mac(e.mac)}, {"port", e.port}, {"age_s", e.age_s}});
+  return a;
+}
+
+void Daemon::add_net(const NetSpec& spec) {
+  check_new_export(spec.id, spec.path);
+  auto it = switches_.find(spec.sw);
+  net::Switch& sw = it != switches_.end() ? *it->second : create_switch(spec.sw);
+  net::NetOptions o;
+  o.name = spec.id;
+  o.queue_pairs = spec.queues;
+  o.queue_size = spec.queue_size;
+  o.mtu = spec.mtu;
+  o.mac = spec.mac;
+  o.mode = spec.mode == "reflect" ? net::PortMode::kReflect
+           : spec.mode == "sink"  ? net::PortMode::kSink
+           : spec.mode == "source" ? net::PortMode::kSource
+                                   : net::PortMode::kSwitch;
+  o.source_frame = spec.frame;
+  auto dev = net::NetDevice::create(o, sw);
+  if (!dev.ok())
+    throw std::runtime_error("cannot create port " + spec.id + " on switch " + spec.sw + ": " +
+                             (dev.error() == Errc::kInvalidArgument && sw.ports().size() >= net::Switch::kMaxPorts
+                                  ? std::string("the switch is full")
+                                  : err_text(dev.error())));
+  auto e = std::make_unique<NetExport>(*this, spec, std::move(dev.value()));
+  try {
+    e->start();
+  } catch (const std::exception& ex) {
+    throw std::runtime_error("cannot listen on " + spec.path + ": " + ex.what());
+  }
+  LOG_INFO("daemon", "export %s: virtio-net port on switch %s (%s, mode %s, %u queue pair%s, mtu %u) on %s",
+           spec.id.c_str(), spec.sw.c_str(), net::format_mac(spec.mac).c_str(), spec.mode.c_str(), spec.queues,
+           spec.queues == 1 ? "" : "s", spec.mtu, spec.path.c_str());
   exports_[spec.id] = std::move(e);
 }
 
@@ -586,20 +763,28 @@ DaemonOptions load_config(const std::string& path, DaemonOptions o) {
   o.config = path;
   o.config_exports.clear();
   if (const json::value* x = c.if_contains("exports")) {
-    if (!x->is_array()) throw bad("exports", "must be an array of {\"blk\": \"SPEC\"}");
+    if (!x->is_array()) throw bad("exports", "must be an array of {\"blk\": \"SPEC\"} or {\"net\": \"SPEC\"}");
     std::set<std::string> ids;
     for (const json::value& e : x->as_array()) {
       const json::value* b = e.is_object() ? e.as_object().if_contains("blk") : nullptr;
-      if (b == nullptr || !b->is_string()) throw bad("exports", "entries must be {\"blk\": \"SPEC\"}");
-      BlkSpec spec;
+      const json::value* n = e.is_object() ? e.as_object().if_contains("net") : nullptr;
+      const json::value* sv = b != nullptr ? b : n;
+      if (sv == nullptr || !sv->is_string() || e.as_object().size() != 1)
+        throw bad("exports", "entries must be {\"blk\": \"SPEC\"} or {\"net\": \"SPEC\"}");
+      std::string id;
       try {
-        spec = parse_blk_spec(std::string(b->as_string()));
+        if (b != nullptr) {
+          o.blk.push_back(parse_blk_spec(std::string(sv->as_string())));
+          id = o.blk.back().id;
+        } else {
+          o.net.push_back(parse_net_spec(std::string(sv->as_string())));
+          id = o.net.back().id;
+        }
       } catch (const SpecError& se) {
         throw bad("exports", std::string("has a bad spec: ") + se.what());
       }
-      if (!ids.insert(spec.id).second) throw bad("exports", "names export '" + spec.id + "' twice");
-      o.config_exports.push_back(spec.id);
-      o.blk.push_back(spec);
+      if (!ids.insert(id).second) throw bad("exports", "names export '" + id + "' twice");
+      o.config_exports.push_back(id);
     }
   }
   return o;
@@ -617,15 +802,24 @@ json::object Daemon::reload() {
   if (next.api_group != opts_.api_group) restart.push_back("api_group");
   if (next.metrics != opts_.metrics) restart.push_back("metrics");
   if (next.vfio_groups != opts_.vfio_groups) restart.push_back("vfio_groups");
-  std::map<std::string, BlkSpec> want;
+  std::map<std::string, std::variant<BlkSpec, NetSpec>> want;
   for (const BlkSpec& b : next.blk) want[b.id] = b;
+  for (const NetSpec& n : next.net) want[n.id] = n;
+  auto same = [](const std::variant<BlkSpec, NetSpec>& w, const Export& e) {
+    if (auto* b = std::get_if<BlkSpec>(&w)) {
+      auto* be = dynamic_cast<const BlkExport*>(&e);
+      return be != nullptr && be->spec() == *b;
+    }
+    auto* ne = dynamic_cast<const NetExport*>(&e);
+    return ne != nullptr && ne->spec() == std::get<NetSpec>(w);
+  };
   // Exports the old config defined and the new one drops or changes.
   std::vector<std::string> keep_config;
   for (const std::string& id : opts_.config_exports) {
     auto it = exports_.find(id);
     if (it == exports_.end()) continue;
     auto w = want.find(id);
-    if (w != want.end() && w->second == it->second->spec()) {
+    if (w != want.end() && same(w->second, *it->second)) {
       note(unchanged, id);
       keep_config.push_back(id);
       want.erase(w);
@@ -646,7 +840,10 @@ json::object Daemon::reload() {
       continue;
     }
     try {
-      add_blk(spec);
+      if (auto* b = std::get_if<BlkSpec>(&spec))
+        add_blk(*b);
+      else
+        add_net(std::get<NetSpec>(spec));
       bool was_replaced = false;
       for (auto& r : replaced) was_replaced |= r.as_string() == id;
       if (!was_replaced) note(added, id);
@@ -674,8 +871,8 @@ void Daemon::attach(const std::string& id, const std::string& vmm_spec, Done don
   } catch (const std::exception& e) {
     return done(nullptr, e.what());
   }
-  AttachRequest r{id, it->second->spec().path, vmm,
-                  static_cast<uint16_t>(it->second->describe().at("queues").to_number<int>())};
+  AttachRequest r{id, it->second->path(), vmm, it->second->queues(),
+                  std::string(it->second->type()) == "net"};
   busy_.insert(id);
   vmm_ops_.emplace_back([this, r, done] {
     std::string err;
@@ -787,6 +984,15 @@ int Daemon::run() {
       return 1;
     }
   }
+  for (const NetSpec& n : opts_.net) {
+    try {
+      add_net(n);
+    } catch (const std::exception& e) {
+      LOG_ERROR("daemon", "export %s: %s", n.id.c_str(), e.what());
+      shutdown();
+      return 1;
+    }
+  }
   if (!opts_.metrics.empty()) {
     try {
       auto [host, port] = parse_listen(opts_.metrics);
@@ -840,6 +1046,7 @@ void Daemon::shutdown() {
     if (t.joinable()) t.join();
   vmm_ops_.clear();
   exports_.clear();
+  switches_.clear();  // after their ports
   vfio_.clear();  // after the exports: their sessions' memory leaves the IOMMU first
   for (auto& w : workers_) w->stop();
   workers_.clear();
@@ -1078,6 +1285,27 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
       result = d.vmm_list();
     } else if (m == "reload") {
       result = d.reload();
+    } else if (m == "add-net") {
+      NetSpec spec = parse_net_spec(str_param("spec", true));
+      d.add_net(spec);
+      result = json::object{{"id", spec.id}};
+    } else if (m == "switch-create") {
+      std::string name = str_param("name", true);
+      uint64_t aging = 300;
+      if (auto* a = params.if_contains("aging")) {
+        if (!a->is_int64() || a->as_int64() <= 0) throw std::invalid_argument("parameter 'aging' must be a positive number");
+        aging = static_cast<uint64_t>(a->as_int64());
+      }
+      d.create_switch(name, aging);
+      result = json::object{{"name", name}};
+    } else if (m == "switch-delete") {
+      std::string name = str_param("name", true);
+      d.delete_switch(name);
+      result = json::object{{"name", name}};
+    } else if (m == "switch-list") {
+      result = d.switch_list();
+    } else if (m == "mac-table") {
+      result = d.mac_table(str_param("switch", true));
     } else if (m == "add-blk") {
       BlkSpec spec = parse_blk_spec(str_param("spec", true));
       d.add_blk(spec);

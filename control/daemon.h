@@ -19,6 +19,8 @@
 #include "control/spec.h"
 #include "control/vmm.h"
 #include "dataplane/blk/blk_device.h"
+#include "dataplane/net/net_device.h"
+#include "dataplane/net/switch.h"
 #include "dataplane/worker/worker.h"
 #include "vfio/container.h"
 #include "vfio/dma_mapper.h"
@@ -47,24 +49,39 @@ struct VfioParts {
   std::unique_ptr<vfio::PassthroughBlkDevice> passthrough;    // offload=off
 };
 
-// One vhost-user-blk export: its device (Sluice's blk model on a worker, or a
-// device behind VFIO that runs the queues itself), its listening socket, and
-// the session of the front-end connected to it (one at a time).
-class BlkExport {
+// One vhost-user export: a listening socket, the session of the front-end
+// connected to it (one at a time), and the device model behind it. Derived
+// classes own the device; they call stop() in their destructor, before it
+// goes.
+class Export {
  public:
-  BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev,
-            std::unique_ptr<VfioParts> vfio = nullptr);
-  ~BlkExport();
+  Export(Daemon& d, std::string id, std::string path);
+  virtual ~Export();
   void start();  // binds and listens; throws on failure
   void stop();   // ends the session (queues drained), closes and unlinks the socket
 
-  const BlkSpec& spec() const { return spec_; }
+  const std::string& id() const { return id_; }
+  const std::string& path() const { return path_; }
   bool connected() const { return conn_.has_value(); }
-  boost::json::object describe() const;
-  boost::json::object stats() const;
+  virtual const char* type() const = 0;  // "blk", "net"
+  virtual uint16_t queues() const = 0;   // what a VMM attaches (queues, or queue pairs)
+  virtual boost::json::object describe() const = 0;
+  virtual boost::json::object stats() const = 0;
   // One entry per queue: what signals the guest when it completes.
-  boost::json::array irq() const;
-  void metrics(MetricsText& m) const;
+  virtual boost::json::array irq() const;
+  virtual void metrics(MetricsText& m) const;
+
+ protected:
+  virtual VirtioDevice& device() = 0;
+  // A VFIO container of the export's own that must see the session's memory.
+  virtual vfio::DmaMapper* own_mapper() { return nullptr; }
+  // connected, sessions, refused_messages
+  void describe_session(boost::json::object& o) const;
+  bool queue_running(uint16_t i) const { return session_ && session_->queue_running(i); }
+  // The number of virtqueues the session has.
+  uint16_t virtqueues() const;
+
+  std::unique_ptr<vhost::Session> session_;
 
  private:
   void accept();
@@ -72,20 +89,56 @@ class BlkExport {
   void on_readable();
   void end_session(const char* why);
 
-  VirtioDevice& device();
-
-  BlkSpec spec_;
-  std::unique_ptr<blk::BlkDevice> dev_;       // software data plane, or
-  std::unique_ptr<VfioParts> vfio_dev_;       // a virtio device behind VFIO (offload or backend)
+  std::string id_, path_;
   unix_socket::acceptor acceptor_;
   std::optional<unix_socket::socket> conn_;
-  std::unique_ptr<vhost::Session> session_;
   // Keeps this session's guest memory mapped in the daemon's VFIO containers.
   vfio::GuestMemoryDma dma_;
   Daemon& daemon_;
   uint64_t sessions_ = 0;
   uint64_t refused_messages_ = 0;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // false once destroyed
+};
+
+// A vhost-user-blk export: Sluice's blk model on a worker, or a device behind
+// VFIO that runs the queues itself (offload) or is fed by the workers.
+class BlkExport final : public Export {
+ public:
+  BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev,
+            std::unique_ptr<VfioParts> vfio = nullptr);
+  ~BlkExport() override;
+  const BlkSpec& spec() const { return spec_; }
+  const char* type() const override { return "blk"; }
+  uint16_t queues() const override;
+  boost::json::object describe() const override;
+  boost::json::object stats() const override;
+  boost::json::array irq() const override;
+  void metrics(MetricsText& m) const override;
+
+ private:
+  VirtioDevice& device() override;
+  vfio::DmaMapper* own_mapper() override { return vfio_dev_ ? vfio_dev_->mapper.get() : nullptr; }
+  BlkSpec spec_;
+  std::unique_ptr<blk::BlkDevice> dev_;       // software data plane, or
+  std::unique_ptr<VfioParts> vfio_dev_;       // a virtio device behind VFIO (offload or backend)
+};
+
+// A vhost-user-net export: a port on one of the daemon's switches.
+class NetExport final : public Export {
+ public:
+  NetExport(Daemon& d, NetSpec spec, std::unique_ptr<net::NetDevice> dev);
+  ~NetExport() override;
+  const NetSpec& spec() const { return spec_; }
+  const char* type() const override { return "net"; }
+  uint16_t queues() const override { return spec_.queues; }
+  boost::json::object describe() const override;
+  boost::json::object stats() const override;
+  void metrics(MetricsText& m) const override;
+
+ private:
+  VirtioDevice& device() override { return *dev_; }
+  NetSpec spec_;
+  std::unique_ptr<net::NetDevice> dev_;
 };
 
 // A VFIO container with one group, and the mapper that keeps every
@@ -99,6 +152,8 @@ struct VfioDomain {
 
 struct DaemonOptions {
   std::vector<BlkSpec> blk;
+  std::vector<NetSpec> net;
+  std::vector<UplinkSpec> uplinks;
   std::string config;        // the config file these came from (reload re-reads it); empty: none
   std::vector<std::string> config_exports;  // ids of the exports the config file defines
   std::vector<int> vfio_groups;      // --vfio-group: one container each
@@ -126,7 +181,14 @@ class Daemon {
   // Adds/removes an export at runtime. Throw std::runtime_error with a
   // message a user can act on.
   void add_blk(const BlkSpec& spec);
+  void add_net(const NetSpec& spec);
   void remove(const std::string& id);
+  // Switches: created on demand by add_net, or explicitly; deleted only when
+  // they have no ports.
+  net::Switch& create_switch(const std::string& name, uint64_t aging_s = 300);
+  void delete_switch(const std::string& name);
+  boost::json::array switch_list() const;
+  boost::json::array mac_table(const std::string& sw) const;
   boost::json::array list() const;
   boost::json::value stats(const std::string& id) const;
   boost::json::array worker_stats() const;
@@ -165,7 +227,9 @@ class Daemon {
   asio::signal_set signals_{io_, SIGINT, SIGTERM};
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<VfioDomain> vfio_;
-  std::map<std::string, std::unique_ptr<BlkExport>> exports_;
+  void check_new_export(const std::string& id, const std::string& path) const;
+  std::map<std::string, std::unique_ptr<Export>> exports_;
+  std::map<std::string, std::unique_ptr<net::Switch>> switches_;
   std::optional<unix_socket::acceptor> api_;
   std::unique_ptr<MetricsServer> metrics_;
   std::map<std::string, Attachment> attached_;  // export id -> where it is attached

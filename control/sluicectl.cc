@@ -35,6 +35,11 @@ const char kUsage[] = R"(usage: sluicectl [--api PATH] [--json] COMMAND
                        call fd (IRQ-bypass eligible) or a software signal; and
                        whether this machine can post device interrupts to guests
   add-blk SPEC         add a vhost-user-blk export (SPEC as for sluiced --blk)
+  add-net SPEC         add a vhost-user-net port (SPEC as for sluiced --net)
+  switch list          switches, their ports and per-port counters
+  switch create NAME [--aging SECONDS]
+  switch delete NAME   (only when it has no ports)
+  switch macs NAME     the switch's MAC table (address, port, age)
   attach ID --vmm qmp:PATH
                        hot-plug export ID into a running QEMU (its QMP socket); the
                        guest's memory must be shared (memfd/hugetlbfs, share=on)
@@ -52,6 +57,19 @@ const char kUsage[] = R"(usage: sluicectl [--api PATH] [--json] COMMAND
   --api PATH           the daemon's API socket (default %s)
   --json               print the raw JSON result
 )";
+
+// A port's counters: the guest's tx/rx, then every drop reason seen.
+void print_port(const std::string& title, const json::object& o) {
+  auto u = [&](const char* k) { return static_cast<unsigned long long>(o.at(k).to_number<uint64_t>()); };
+  std::printf("%s: tx %llu pkts / %s, rx %llu pkts / %s", title.c_str(), u("tx_packets"),
+              format_size(u("tx_bytes")).c_str(), u("rx_packets"), format_size(u("rx_bytes")).c_str());
+  std::string drops;
+  for (auto& d : o.at("drops").as_object()) {
+    uint64_t n = d.value().to_number<uint64_t>();
+    if (n != 0) drops += (drops.empty() ? "" : ", ") + std::string(d.key()) + " " + std::to_string(n);
+  }
+  std::printf("; drops: %s\n", drops.empty() ? "none" : drops.c_str());
+}
 
 int call(const std::string& path, const std::string& method, json::object params, json::value& out) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -234,8 +252,26 @@ int main(int argc, char** argv) {
   } else if (cmd == "workers") {
   } else if (cmd == "vfio") {
   } else if (cmd == "irq") {
-  } else if (cmd == "add-blk" && i < argc) {
+  } else if ((cmd == "add-blk" || cmd == "add-net") && i < argc) {
     params["spec"] = argv[i++];
+  } else if (cmd == "switch" && i < argc) {
+    std::string sub = argv[i++];
+    if (sub == "list") {
+      method = "switch-list";
+    } else if ((sub == "create" || sub == "delete") && i < argc) {
+      method = "switch-" + sub;
+      params["name"] = argv[i++];
+      if (sub == "create" && i + 1 < argc && std::string(argv[i]) == "--aging") {
+        params["aging"] = std::atoll(argv[i + 1]);
+        i += 2;
+      }
+    } else if (sub == "macs" && i < argc) {
+      method = "mac-table";
+      params["switch"] = argv[i++];
+    } else {
+      std::fprintf(stderr, "sluicectl: switch list | create NAME [--aging S] | delete NAME | macs NAME\n");
+      return 2;
+    }
   } else if (cmd == "attach" && i < argc) {
     params["id"] = argv[i++];
     if (i + 1 < argc && std::string(argv[i]) == "--vmm") {
@@ -271,6 +307,14 @@ int main(int argc, char** argv) {
     std::printf("%-12s %-16s %-10s %-7s %-9s %s\n", "ID", "TYPE", "SIZE", "QUEUES", "STATE", "SOCKET / FILE");
     for (auto& e : out.as_array()) {
       auto& o = e.as_object();
+      if (o.at("type").as_string() == "vhost-user-net") {
+        std::printf("%-12s %-16s %-10s %-7lld %-9s %s  switch %s, %s, mode %s\n", std::string(o.at("id").as_string()).c_str(),
+                    "vhost-user-net", "-", static_cast<long long>(o.at("queues").to_number<int64_t>()),
+                    o.at("connected").as_bool() ? "connected" : "waiting", std::string(o.at("socket").as_string()).c_str(),
+                    std::string(o.at("switch").as_string()).c_str(), std::string(o.at("mac").as_string()).c_str(),
+                    std::string(o.at("mode").as_string()).c_str());
+        continue;
+      }
       std::printf("%-12s %-16s %-10s %-7lld %-9s %s  %s%s\n", std::string(o.at("id").as_string()).c_str(),
                   std::string(o.at("type").as_string()).c_str(), format_size(o.at("size").to_number<uint64_t>()).c_str(),
                   static_cast<long long>(o.at("queues").to_number<int64_t>()),
@@ -279,6 +323,10 @@ int main(int argc, char** argv) {
     }
   } else if (cmd == "stats") {
     auto print = [](const json::object& o) {
+      if (o.contains("switch")) {
+        print_port(std::string(o.at("id").as_string()), o);
+        return;
+      }
       const auto& queues = o.at("queues").as_array();
       if (!queues.empty() && queues[0].as_object().contains("offloaded")) {
         // Queues run by a device behind VFIO: interrupts go straight to the
@@ -312,6 +360,29 @@ int main(int argc, char** argv) {
       for (auto& e : out.as_array()) print(e.as_object());
     else
       print(out.as_object());
+  } else if (cmd == "switch" && method == "switch-list") {
+    if (out.as_array().empty()) std::printf("no switches\n");
+    for (auto& v : out.as_array()) {
+      auto& o = v.as_object();
+      std::printf("switch %s on %s: MAC aging %llus, %llu flooded, %llu learned\n", std::string(o.at("name").as_string()).c_str(),
+                  std::string(o.at("worker").as_string()).c_str(),
+                  static_cast<unsigned long long>(o.at("aging_s").to_number<uint64_t>()),
+                  static_cast<unsigned long long>(o.at("flooded").to_number<uint64_t>()),
+                  static_cast<unsigned long long>(o.at("learned").to_number<uint64_t>()));
+      for (auto& p : o.at("ports").as_array())
+        print_port("  " + std::string(p.as_object().at("name").as_string()) + " (" +
+                       std::string(p.as_object().at("kind").as_string()) + ")",
+                   p.as_object().at("counters").as_object());
+    }
+  } else if (cmd == "switch" && method == "mac-table") {
+    std::printf("%-18s %-16s %s\n", "MAC", "PORT", "AGE");
+    for (auto& v : out.as_array()) {
+      auto& o = v.as_object();
+      std::printf("%-18s %-16s %.1fs\n", std::string(o.at("mac").as_string()).c_str(),
+                  std::string(o.at("port").as_string()).c_str(), o.at("age_s").to_number<double>());
+    }
+  } else if (cmd == "switch") {
+    std::printf("ok: %s %s\n", method.c_str(), std::string(out.as_object().at("name").as_string()).c_str());
   } else if (cmd == "workers") {
     std::printf("%-10s %14s %10s\n", "WORKER", "POLLS", "SLEEPS");
     for (auto& w : out.as_array()) {

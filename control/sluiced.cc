@@ -17,7 +17,7 @@ namespace {
 
 const char kUsage[] = R"(usage: sluiced [options]
 
-Serves virtio devices to VMMs over vhost-user. With no --blk it serves a
+Serves virtio devices to VMMs over vhost-user. With no --blk or --net it serves a
 built-in default: a 1 GiB sparse image in the data directory, exported as
 vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
 
@@ -40,6 +40,20 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
                       offload=on      with vfio=: the device runs the queues itself,
                                       its interrupts go straight to the VMM's call fds
                     e.g. --blk id=vm1,path=/run/sluice/vm1.sock,file=/srv/vm1.img,queues=2,size=8G
+  --net SPEC        a vhost-user-net port on a switch; repeatable:
+                      path=SOCKET     vhost-user socket to create (required)
+                      id=NAME         name for the API (default: socket name)
+                      switch=NAME     the switch to join, created if needed (default sw0)
+                      queues=N        queue pairs, 1..256 (default 1)
+                      mac=MAC         the device's MAC (default 52:54:00 + a hash of the id)
+                      mtu=N           68..9000 (default 1500)
+                      queue-size=N    largest ring accepted (default 1024)
+                      mode=M          switch (default): frames go through the switch;
+                                      benchmark modes: reflect (MACs swapped, sent
+                                      back), sink (counted, dropped), source (the
+                                      guest's rx queues filled with generated frames)
+                      frame=N         mode=source: frame bytes, 60..MTU+14 (default 64)
+                    e.g. --net id=vm1,path=/run/sluice/vm1-net.sock,switch=br0,queues=2
   --config FILE     read options and exports from FILE (JSON, see
                     docs/OPERATIONS.md); sluicectl reload re-reads it. Options
                     given on the command line after it override it
@@ -106,6 +120,8 @@ int main(int argc, char** argv) {
         return 0;
       } else if (a == "--blk") {
         opts.blk.push_back(parse_blk_spec(value()));
+      } else if (a == "--net") {
+        opts.net.push_back(parse_net_spec(value()));
       } else if (a == "--api") {
         opts.api_path = value();
       } else if (a == "--config") {
@@ -156,7 +172,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (no_api) opts.api_path.clear();
-  bool builtin = opts.blk.empty();
+  bool builtin = opts.blk.empty() && opts.net.empty() && opts.uplinks.empty();
   if (builtin) {
     std::string run = default_run_dir();
     if (mkdirs(data_dir) != 0 || mkdirs(run) != 0) {

@@ -147,4 +147,123 @@ BlkSpec parse_blk_spec(const std::string& text) {
   return s;
 }
 
+namespace {
+// The id from a socket path: its base name without ".sock".
+std::string id_from_path(const std::string& path, const char* fallback) {
+  auto slash = path.find_last_of('/');
+  std::string id = path.substr(slash == std::string::npos ? 0 : slash + 1);
+  auto dot = id.rfind(".sock");
+  if (dot != std::string::npos && dot + 5 == id.size()) id.erase(dot);
+  return id.empty() ? fallback : id;
+}
+}  // namespace
+
+void check_switch_name(const std::string& n) {
+  if (n.empty() || n.size() > 32) throw SpecError("switch: 1..32 characters");
+  for (char c : n)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_')
+      throw SpecError("switch: letters, digits, '-' and '_' only");
+}
+
+NetSpec parse_net_spec(const std::string& text) {
+  NetSpec s;
+  bool have_path = false, have_frame = false;
+  for (const std::string& item : split(text, ',')) {
+    if (item.empty()) continue;
+    auto eq = item.find('=');
+    if (eq == std::string::npos) throw SpecError("'" + item + "': expected key=value");
+    std::string key = item.substr(0, eq), val = item.substr(eq + 1);
+    if (key == "id") {
+      if (val.empty() || val.find_first_of(" /\t") != std::string::npos)
+        throw SpecError("id: must be non-empty, without spaces or '/'");
+      s.id = val;
+    } else if (key == "path") {
+      if (val.empty() || val.size() >= 108) throw SpecError("path: must be 1..107 characters (a unix socket path)");
+      s.path = val;
+      have_path = true;
+    } else if (key == "switch") {
+      check_switch_name(val);
+      s.sw = val;
+    } else if (key == "queues") {
+      s.queues = static_cast<uint16_t>(parse_uint(key, val, 256));
+      if (s.queues == 0) throw SpecError("queues: at least 1 (queue pairs)");
+    } else if (key == "queue-size") {
+      s.queue_size = static_cast<uint16_t>(parse_uint(key, val, 32768));
+      if (s.queue_size < 2 || (s.queue_size & (s.queue_size - 1)))
+        throw SpecError("queue-size: a power of two, 2..32768");
+    } else if (key == "mtu") {
+      s.mtu = static_cast<uint16_t>(parse_uint(key, val, 9000));
+      if (s.mtu < 68) throw SpecError("mtu: 68..9000");
+    } else if (key == "mac") {
+      std::string m = val;
+      for (char& c : m) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      bool ok = m.size() == 17;
+      uint64_t v = 0;
+      for (size_t i = 0; ok && i < 17; ++i) {
+        if (i % 3 == 2) {
+          ok = m[i] == ':';
+          continue;
+        }
+        ok = std::isxdigit(static_cast<unsigned char>(m[i])) != 0;
+        v = v << 4 | static_cast<uint64_t>(std::isdigit(static_cast<unsigned char>(m[i])) ? m[i] - '0' : m[i] - 'a' + 10);
+      }
+      if (!ok) throw SpecError("mac: like 52:54:00:12:34:56");
+      if ((v >> 40) & 1) throw SpecError("mac: a multicast address cannot be a port's");
+      if (v == 0) throw SpecError("mac: must not be zero");
+      s.mac = v;
+    } else if (key == "mode") {
+      if (val != "switch" && val != "reflect" && val != "sink" && val != "source")
+        throw SpecError("mode: switch, reflect, sink or source");
+      s.mode = val;
+    } else if (key == "frame") {
+      s.frame = static_cast<uint32_t>(parse_uint(key, val, 9014));
+      have_frame = true;
+    } else {
+      throw SpecError("unknown key '" + key + "' (id, path, switch, queues, queue-size, mtu, mac, mode, frame)");
+    }
+  }
+  if (!have_path) throw SpecError("path= is required (the vhost-user socket to create)");
+  if (have_frame && s.mode != "source") throw SpecError("frame= applies to mode=source only");
+  if (s.frame < 60 || s.frame > uint32_t{s.mtu} + 14)
+    throw SpecError("frame: 60..MTU+14 bytes (" + std::to_string(s.mtu + 14) + ")");
+  if (s.id.empty()) s.id = id_from_path(s.path, "net0");
+  if (s.mac == 0) {
+    // Stable per id: 52:54:00 (QEMU's prefix) and 24 bits of the id's hash.
+    uint32_t h = 2166136261u;
+    for (char c : s.id) h = (h ^ static_cast<uint8_t>(c)) * 16777619u;
+    s.mac = 0x525400000000ull | (h & 0xffffff);
+  }
+  return s;
+}
+
+UplinkSpec parse_uplink_spec(const std::string& text) {
+  UplinkSpec u;
+  // dpdk= takes the rest of the text: EAL device strings contain commas.
+  auto d = text.find("dpdk=");
+  if (d == std::string::npos || (d != 0 && text[d - 1] != ','))
+    throw SpecError("dpdk= is required (an EAL device string, e.g. dpdk=net_tap0,iface=sl0)");
+  u.devargs = text.substr(d + 5);
+  if (u.devargs.empty()) throw SpecError("dpdk: empty device string");
+  std::string head = d == 0 ? "" : text.substr(0, d - 1);
+  bool have_switch = false;
+  for (const std::string& item : split(head, ',')) {
+    if (item.empty()) continue;
+    auto eq = item.find('=');
+    if (eq == std::string::npos) throw SpecError("'" + item + "': expected key=value");
+    std::string key = item.substr(0, eq), val = item.substr(eq + 1);
+    if (key == "switch") {
+      check_switch_name(val);
+      u.sw = val;
+      have_switch = true;
+    } else if (key == "queue-size") {
+      u.queue_size = static_cast<uint16_t>(parse_uint(key, val, 4096));
+      if (u.queue_size < 64) throw SpecError("queue-size: 64..4096");
+    } else {
+      throw SpecError("unknown key '" + key + "' (switch, queue-size, then dpdk=DEVARGS last)");
+    }
+  }
+  if (!have_switch) throw SpecError("switch= is required (before dpdk=)");
+  return u;
+}
+
 }  // namespace sluice::control

@@ -25,12 +25,40 @@ struct BlkSpec {
   friend bool operator==(const BlkSpec&, const BlkSpec&) = default;
 };
 
+// A virtio-net port on a switch: "id=vm1,path=/run/sluice/vm1-net.sock,
+// switch=br0,queues=2,mac=52:54:00:12:34:56,mtu=1500,mode=reflect".
+struct NetSpec {
+  std::string id;
+  std::string path;
+  std::string sw = "sw0";     // the switch (created when it does not exist)
+  uint16_t queues = 1;        // queue pairs
+  uint16_t queue_size = 1024;
+  uint16_t mtu = 1500;
+  uint64_t mac = 0;           // 0: derived from the id (52:54:00:xx:xx:xx)
+  std::string mode = "switch";  // switch, reflect, sink, source
+  uint32_t frame = 64;        // source: frame bytes
+  friend bool operator==(const NetSpec&, const NetSpec&) = default;
+};
+
+// A DPDK ethdev uplink: "switch=br0,dpdk=net_tap0,iface=sl0" (everything
+// after dpdk= is the EAL device string).
+struct UplinkSpec {
+  std::string sw;
+  std::string devargs;
+  uint16_t queue_size = 1024;
+  friend bool operator==(const UplinkSpec&, const UplinkSpec&) = default;
+};
+
 // Thrown for a malformed spec; what() says which key and why.
 struct SpecError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
 BlkSpec parse_blk_spec(const std::string& text);
+NetSpec parse_net_spec(const std::string& text);
+UplinkSpec parse_uplink_spec(const std::string& text);
+// A switch name: 1..32 of [A-Za-z0-9_-].
+void check_switch_name(const std::string& name);
 // "8G", "512M", "4096", "1T" (binary units).
 uint64_t parse_size(const std::string& text);
 std::string format_size(uint64_t bytes);

@@ -20,7 +20,8 @@ struct AttachRequest {
   std::string export_id;
   std::string socket;    // the export's vhost-user socket
   std::string vmm;       // the VMM's QMP socket
-  uint16_t queues = 1;
+  uint16_t queues = 1;   // virtqueues (blk) or queue pairs (net)
+  bool net = false;      // virtio-net-pci over netdev vhost-user, not vhost-user-blk-pci
 };
 
 struct Attachment {
@@ -28,6 +29,7 @@ struct Attachment {
   std::string device_id;   // QEMU's id of the device (sluice-<export>)
   std::string chardev_id;  // and of its chardev
   std::string qemu_version;
+  std::string netdev_id;   // and of its netdev (net exports only)
 };
 
 // Both throw QmpError (QEMU's words) or std::runtime_error (ours).

@@ -172,7 +172,7 @@ Status Session::dispatch(Message& m, Response& r) {
       return {};
     }
     case Request::kGetQueueNum:
-      reply_with<uint64_t>(r, m, device_.max_queues());
+      reply_with<uint64_t>(r, m, device_.queue_num());
       return {};
     case Request::kSetVringEnable: {
       auto st = m.as<VringState>();

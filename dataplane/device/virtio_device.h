@@ -39,6 +39,9 @@ class VirtioDevice {
   // Virtio feature bits the device offers (ring and transport bits included).
   virtual uint64_t device_features() const = 0;
   virtual uint16_t max_queues() const = 0;
+  // What GET_QUEUE_NUM answers: virtqueues for most devices, queue pairs for
+  // virtio-net (as QEMU and DPDK's virtio-user read it).
+  virtual uint64_t queue_num() const { return max_queues(); }
   virtual uint16_t max_queue_size() const { return 1024; }
   // How an in-order queue reports completions: per buffer unless the device
   // knows the driver ignores the lengths of all but a batch's last buffer.

@@ -214,14 +214,14 @@ Errc SplitQueue::walk_indirect(const Desc& d, Chain& c, bool& seen_write) {
 }
 
 template <bool InOrder>
-Result<bool> SplitQueue::pop_impl(Chain& c) {
+int SplitQueue::pop_impl(Chain& c) {
   if (last_avail_ == shadow_avail_) {
     // Acquire: the ring entries and descriptors the driver wrote before it
     // published this index are visible after the load.
     shadow_avail_ = load_acquire<uint16_t>(avail_ + kAvailIdxOff);
     uint16_t ahead = static_cast<uint16_t>(shadow_avail_ - last_avail_);
-    if (ahead > size_) return fail(Errc::kAvailIndexTooFar);
-    if (ahead == 0) return false;
+    if (ahead > size_) return (void)fail(Errc::kAvailIndexTooFar), -1;
+    if (ahead == 0) return 0;
   }
   uint16_t head;
   if constexpr (InOrder) {
@@ -229,20 +229,20 @@ Result<bool> SplitQueue::pop_impl(Chain& c) {
       head = next_avail_head_;  // derived, not read (the avail index still is)
     } else {
       head = load_relaxed<uint16_t>(avail_ + avail_entry_off(last_avail_ & mask_));
-      if (head >= size_) return fail(Errc::kHeadOutOfRange);
+      if (head >= size_) return (void)fail(Errc::kHeadOutOfRange), -1;
       next_avail_head_ = head;
       head_known_ = true;
     }
   } else {
     head = load_relaxed<uint16_t>(avail_ + avail_entry_off(last_avail_ & mask_));
-    if (head >= size_) return fail(Errc::kHeadOutOfRange);
+    if (head >= size_) return (void)fail(Errc::kHeadOutOfRange), -1;
   }
-  if (Status w = walk_chain(head, c); !w.ok()) return w.error();
+  if (Status w = walk_chain(head, c); !w.ok()) return -1;  // walk_chain broke the queue
   uint32_t count = c.table_descs_;
   ++last_avail_;
   if constexpr (InOrder) next_avail_head_ = static_cast<uint16_t>((next_avail_head_ + count) & mask_);
   ++stats_.popped;
-  return true;
+  return 1;
 }
 
 void SplitQueue::discard(uint16_t nbufs, uint16_t ndescs) noexcept {
@@ -323,13 +323,13 @@ bool SplitQueue::has_available() noexcept {
 Result<bool> SplitQueue::pop_head(uint16_t head, Chain& c) {
   if (broken()) return broken_;
   if (!running()) return Errc::kQueueNotReady;
-  if (head >= size_) return fail(Errc::kHeadOutOfRange);
-  if (Status w = walk_chain(head, c); !w.ok()) return w.error();
+  if (head >= size_) return (void)fail(Errc::kHeadOutOfRange), -1;
+  if (Status w = walk_chain(head, c); !w.ok()) return -1;  // walk_chain broke the queue
   ++stats_.popped;
-  return true;
+  return 1;
 }
 
-template Result<bool> SplitQueue::pop_impl<true>(Chain&);
-template Result<bool> SplitQueue::pop_impl<false>(Chain&);
+template int SplitQueue::pop_impl<true>(Chain&);
+template int SplitQueue::pop_impl<false>(Chain&);
 
 }  // namespace sluice::virtq

@@ -114,7 +114,41 @@ class alignas(64) SplitQueue {
       return broken_;
     if (!running()) [[unlikely]]
       return Errc::kQueueNotReady;
-    return cfg_.in_order ? pop_impl<true>(c) : pop_impl<false>(c);
+    // pop_impl answers in a register (1 chain, 0 empty, -1 broken): a
+    // Result returned through memory costs a store-forwarding stall per pop.
+    int r = cfg_.in_order ? pop_impl<true>(c) : pop_impl<false>(c);
+    if (r < 0) [[unlikely]]
+      return broken_;
+    return r != 0;
+  }
+  // In-order queues: prefetches the first buffer of the chain `ahead`
+  // chains past the next one (counted as single-descriptor chains: a guess,
+  // only a hint), for reading or (write) for writing, and the descriptor line
+  // 16 entries further on. Hides the cache misses of the chains a burst is
+  // about to pop; a hostile value can only waste a prefetch.
+  void prefetch_ahead(uint16_t ahead, bool write) noexcept {
+    if (ahead == 0 || !cfg_.in_order || !head_known_ || desc_ == nullptr) return;
+    __builtin_prefetch(desc_ + static_cast<size_t>((next_avail_head_ + ahead + 16) & mask_) * sizeof(Desc));
+    if (static_cast<uint16_t>(shadow_avail_ - last_avail_) <= ahead) return;
+    const std::byte* d = desc_ + static_cast<size_t>((next_avail_head_ + ahead) & mask_) * sizeof(Desc);
+    uint64_t len = 1;
+    std::byte* p = memp_->translate(load_relaxed<uint64_t>(d), &len, hint_);
+    if (p == nullptr) return;
+    if (write)
+      __builtin_prefetch(p, 1);
+    else
+      __builtin_prefetch(p, 0);
+  }
+  // The start of a burst: reads the avail index if every chain seen so far
+  // was popped, then prefetches the first `n` chains (see prefetch_ahead).
+  void prefetch_burst(uint16_t n, bool write) noexcept {
+    if (!cfg_.in_order || !head_known_ || desc_ == nullptr || broken()) return;
+    if (last_avail_ == shadow_avail_) {
+      uint16_t idx = load_acquire<uint16_t>(avail_ + kAvailIdxOff);
+      if (static_cast<uint16_t>(idx - last_avail_) > size_) return;  // pop() will break the queue
+      shadow_avail_ = idx;
+    }
+    for (uint16_t k = 0; k < n; ++k) prefetch_ahead(k, write);
   }
   // Gives back the last `nbufs` popped chains, which occupied `ndescs` table
   // entries in all: both the avail cursor and the in-order head cursor rewind.
@@ -163,7 +197,7 @@ class alignas(64) SplitQueue {
 
  private:
   template <bool InOrder>
-  Result<bool> pop_impl(Chain& c);
+  int pop_impl(Chain& c);
   Status walk_chain(uint16_t head, Chain& c);
   void push_in_order(uint16_t head, uint32_t len) noexcept;
   Errc walk_indirect(const Desc& d, Chain& c, bool& seen_write);

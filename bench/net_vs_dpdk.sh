@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Sluice's virtio-net back-end against DPDK's vhost PMD, one run, same
+# front-end: dpdk-testpmd with net_virtio_user. Back-ends in turn, alternating
+# (A B A B ...) within every configuration:
+#   txonly   front-end txonly  -> back-end sink   (Sluice mode=sink,    DPDK rxonly)
+#   rxonly   back-end source   -> front-end rxonly (Sluice mode=source, DPDK txonly)
+#   loopback front-end mac fwd, `start tx_first 32` (DPDK DTS "vhost/virtio-user
+#            loopback") <-> back-end reflect (Sluice mode=reflect, DPDK macswap)
+# The figure is the front-end's packet rate (txonly: Tx-pps, the frames the
+# back-end took; otherwise Rx-pps) over SECONDS after a warm-up.
+#
+# CPUs: the back-end's polling thread on CPU 1 (sluiced --cpus 1; DPDK
+# --lcores 0@0,1@1) and the front-end's forwarding lcore on CPU 0 (--lcores
+# 0@1,1@0). Needs root (hugepages), dpdk-testpmd (package dpdk-dev) and a
+# release build of sluiced.
+#
+# Usage: bench/net_vs_dpdk.sh [SLUICED] [options]
+#   --rounds N       alternating rounds per configuration (default 3)
+#   --seconds S      measured seconds per run (default 5)
+#   --modes LIST     default "txonly rxonly loopback"
+#   --sizes LIST     frame bytes, default "64 1518"
+#   --rings LIST     virtio-user ring settings, default "inorder-mrg inorder plain-mrg plain"
+#                    (inorder: in_order=1; mrg: mrg_rxbuf=1)
+#   --out FILE       also write the table there (default build-release/net_vs_dpdk.txt)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+SLUICED=build-release/control/sluiced
+ROUNDS=3 SECONDS_=5 MODES="txonly rxonly loopback" SIZES="64 1518" RINGS="inorder-mrg inorder plain-mrg plain"
+OUT=""
+if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then SLUICED=$1; shift; fi
+while [ $# -gt 0 ]; do
+  case $1 in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --seconds) SECONDS_=$2; shift 2 ;;
+    --modes) MODES=$2; shift 2 ;;
+    --sizes) SIZES=$2; shift 2 ;;
+    --rings) RINGS=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+OUT=${OUT:-$(dirname "$SLUICED")/../net_vs_dpdk.txt}
+command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd not found (apt-get install dpdk-dev)" >&2; exit 1; }
+[ -x "$SLUICED" ] || { echo "$SLUICED not built (scripts/run.sh builds build-release)" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/sluice-netbench.XXXXXX)
+HUGE=$WORK/huge
+mkdir -p "$HUGE"
+[ "$(cat /proc/sys/vm/nr_hugepages)" -ge 1024 ] || echo 1024 > /proc/sys/vm/nr_hugepages
+mount -t hugetlbfs -o pagesize=2M nodev "$HUGE" || { echo "cannot mount hugetlbfs" >&2; exit 1; }
+cleanup() {
+  pkill -INT -f "file-prefix=slb" 2>/dev/null
+  [ -n "${BACK_PID:-}" ] && kill "$BACK_PID" 2>/dev/null
+  sleep 1
+  umount "$HUGE" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+SOCK=$WORK/net.sock
+
+# back_start IMPL MODE SIZE: starts a back-end listening on $SOCK.
+back_start() {
+  local impl=$1 mode=$2 size=$3
+  rm -f "$SOCK"
+  if [ "$impl" = sluice ]; then
+    local m=sink extra=""
+    [ "$mode" = rxonly ] && m=source && extra=",frame=$size"
+    [ "$mode" = loopback ] && m=reflect
+    "$SLUICED" --no-api --cpus 1 --log-level warn \
+      --net "id=bench,path=$SOCK,mtu=9000,mode=$m$extra" > "$WORK/back.log" 2>&1 &
+  else
+    local f=rxonly
+    [ "$mode" = rxonly ] && f=txonly
+    [ "$mode" = loopback ] && f=macswap
+    dpdk-testpmd --lcores '0@0,1@1' --no-pci --file-prefix=slb-vh --huge-dir "$HUGE" \
+      --vdev "net_vhost0,iface=$SOCK,queues=1" -- --forward-mode=$f --txpkts=$size \
+      --stats-period 1 --auto-start --nb-cores=1 --total-num-mbufs=32768 > "$WORK/back.log" 2>&1 &
+  fi
+  BACK_PID=$!
+  wait_socket "$SOCK" || { echo "back-end $impl did not create its socket:" >&2; cat "$WORK/back.log" >&2; return 1; }
+}
+
+back_stop() {
+  kill -INT "$BACK_PID" 2>/dev/null
+  for _ in $(seq 1 50); do kill -0 "$BACK_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$BACK_PID" 2>/dev/null
+  wait "$BACK_PID" 2>/dev/null
+  BACK_PID=""
+}
+
+# front MODE SIZE RING -> prints Mpps
+front() {
+  local mode=$1 size=$2 ring=$3
+  local io=0 mrg=0
+  case $ring in *inorder*) io=1 ;; esac
+  case $ring in *mrg*) mrg=1 ;; esac
+  local fwd=txonly start=start field=Tx-pps
+  [ "$mode" = rxonly ] && fwd=rxonly && field=Rx-pps
+  [ "$mode" = loopback ] && fwd=mac && start="start tx_first 32" && field=Rx-pps
+  local out
+  out=$( ( sleep 3; echo "$start"; sleep 2; echo "show port stats all"; sleep "$SECONDS_"; echo "show port stats all"; echo stop; echo quit ) | \
+    timeout -s INT $((SECONDS_ + 20)) dpdk-testpmd --lcores '0@1,1@0' --no-pci --file-prefix=slb-vu --huge-dir "$HUGE" \
+      --single-file-segments --vdev "net_virtio_user0,path=$SOCK,queues=1,in_order=$io,mrg_rxbuf=$mrg" -- \
+      -i --forward-mode=$fwd --txpkts=$size --nb-cores=1 --total-num-mbufs=32768 2>&1)
+  echo "$out" | grep -E "$field" | tail -1 | awk -v f="$field:" '{for(i=1;i<=NF;i++) if($i==f) {printf "%.3f\n", $(i+1)/1e6; exit}}'
+}
+
+printf "%-9s %-5s %-12s %10s %10s %8s %s\n" MODE SIZE RING "SLUICE" "DPDK" RATIO "(Mpps, medians of $ROUNDS alternating rounds; per-round ratios)" | tee "$OUT"
+for mode in $MODES; do
+  for size in $SIZES; do
+    for ring in $RINGS; do
+      s_all="" d_all="" r_all=""
+      for r in $(seq 1 "$ROUNDS"); do
+        back_start sluice "$mode" "$size" || exit 1
+        s=$(front "$mode" "$size" "$ring"); back_stop
+        back_start dpdk "$mode" "$size" || exit 1
+        d=$(front "$mode" "$size" "$ring"); back_stop
+        s=${s:-0} d=${d:-0}
+        s_all="$s_all $s" d_all="$d_all $d" r_all="$r_all $(ratio "$s" "$d")"
+      done
+      sm=$(echo "$s_all" | median) dm=$(echo "$d_all" | median)
+      printf "%-9s %-5s %-12s %10.2f %10.2f %7.2fx  s:[%s] d:[%s] r:[%s]\n" "$mode" "$size" "$ring" "$sm" "$dm" \
+        "$(ratio "$sm" "$dm")" "${s_all# }" "${d_all# }" "$(echo "$r_all" | xargs -n1 printf '%.2f ' | sed 's/ $//')" | tee -a "$OUT"
+    done
+  done
+done
+echo "front-end: dpdk-testpmd net_virtio_user (forwarding lcore on CPU 0); back-ends polling on CPU 1; $(date -u +%F)" | tee -a "$OUT"

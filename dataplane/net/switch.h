@@ -1,0 +1,170 @@
+// A learning L2 switch inside the data plane (docs/ARCHITECTURE.md, "net").
+//
+// Every port of a switch — vhost-user-net devices, DPDK uplinks — is served by
+// the switch's one worker, so a frame goes from the sender's transmit ring
+// straight into the receiver's receive buffers (one copy) with no lock and no
+// queue in between. Scale out with more switches (each on its own worker).
+//
+// The MAC table is written only by that worker (learning on every frame,
+// aging by timestamp) and read by the control plane for display; the port
+// table is written only by the control thread, which waits for the worker's
+// next burst before a removed port may be destroyed.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dataplane/base/result.h"
+#include "dataplane/net/virtio_net.h"
+#include "dataplane/worker/worker.h"
+
+namespace sluice::net {
+
+// Why a frame was dropped: counted per port.
+enum class Drop : uint8_t {
+  kShortHeader,  // transmitted buffer shorter than the vnet header
+  kRunt,         // frame shorter than an Ethernet header
+  kOversize,     // frame longer than the port's MTU allows
+  kBadCsum,      // NEEDS_CSUM with a checksum position outside the frame
+  kNoRxBuffer,   // the receiver had no (or not enough) buffers posted
+  kRxTooSmall,   // a receive buffer too small for the frame (no MRG_RXBUF)
+  kRxBadChain,   // a receive chain with no writable part, or no room for the header
+  kRxNotReady,   // the receiver's queue is not running
+  kFiltered,     // the receiver's rx filter (promisc/MAC table) refused it
+  kUplinkFull,   // the uplink's transmit queue was full
+  kCount,
+};
+inline constexpr unsigned kDropKinds = static_cast<unsigned>(Drop::kCount);
+const char* drop_name(Drop d);
+
+// Per-port counters, named from the port's far side (a guest's view, as in
+// `ip -s link` inside it): tx = frames the port sent into the switch, rx =
+// frames the switch handed to it. Single writer (the switch's worker).
+struct PortStats {
+  std::atomic<uint64_t> tx_packets{0}, tx_bytes{0}, rx_packets{0}, rx_bytes{0};
+  std::atomic<uint64_t> drops[kDropKinds] = {};
+  static void add(std::atomic<uint64_t>& c, uint64_t n) noexcept {
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+  void drop(Drop d) noexcept { add(drops[static_cast<unsigned>(d)], 1); }
+  uint64_t dropped(Drop d) const noexcept {
+    return drops[static_cast<unsigned>(d)].load(std::memory_order_relaxed);
+  }
+};
+
+// A frame on its way through the switch. The bytes stay in the sender's
+// buffers; the first 14 (the Ethernet header) travel in `eth`, so a port can
+// rewrite them (reflect swaps the MACs) without touching the sender's memory.
+struct Packet {
+  const iovec* iov = nullptr;
+  uint32_t niov = 0;
+  uint32_t offset = 0;  // bytes in iov before the frame (the sender's vnet header)
+  uint32_t len = 0;     // frame bytes, Ethernet header included
+  uint8_t eth[kEthHdrLen] = {};
+  // The sender left the checksum to the device (NEEDS_CSUM): a receiver that
+  // can take a partial checksum gets these fields; any other gets the frame
+  // with `csum` written at csum_start + csum_offset.
+  bool needs_csum = false;
+  uint16_t csum_start = 0, csum_offset = 0;
+  uint16_t csum = 0;     // network byte order, as stored in the frame
+  bool data_valid = false;
+
+  uint64_t dst() const noexcept;  // 48-bit MACs, first byte in the high bits
+  uint64_t src() const noexcept;
+  // Copies frame bytes [from, from+n) out of the sender's buffers, with the
+  // (possibly rewritten) Ethernet header, and with the finished checksum
+  // when finish_csum. Returns bytes copied.
+  uint32_t copy_out(uint32_t from, void* dst, uint32_t n, bool finish_csum) const noexcept;
+};
+
+inline bool is_multicast(uint64_t mac) noexcept { return (mac >> 40) & 1; }
+std::string format_mac(uint64_t mac);
+// "52:54:00:12:34:56" -> 48-bit value; false when malformed.
+bool parse_mac(const std::string& s, uint64_t& out);
+
+class SwitchPort {
+ public:
+  explicit SwitchPort(std::string name) : name_(std::move(name)) {}
+  virtual ~SwitchPort() = default;
+  // Switch's worker: hand one frame to this port (qp: the sender's queue
+  // pair, a spreading hint for multi-queue receivers).
+  virtual void deliver(const Packet& p, uint16_t qp) = 0;
+  // Whether a flooded frame for `dst` is wanted (the port's rx filter).
+  virtual bool accepts(uint64_t /*dst*/) const { return true; }
+  virtual const char* kind() const = 0;
+  const std::string& name() const noexcept { return name_; }
+  PortStats& stats() noexcept { return stats_; }
+  const PortStats& stats() const noexcept { return stats_; }
+  // Set by the switch when the port joins: its slot in the port table.
+  uint16_t slot() const noexcept { return slot_; }
+
+ private:
+  friend class Switch;
+  std::string name_;
+  PortStats stats_;
+  uint16_t slot_ = 0;
+};
+
+struct MacEntry {
+  uint64_t mac = 0;
+  std::string port;
+  double age_s = 0;
+};
+
+class Switch {
+ public:
+  static constexpr unsigned kMaxPorts = 255;
+  static constexpr unsigned kMacBuckets = 4096;  // power of two
+  static constexpr unsigned kMacProbe = 8;       // linear probe length
+
+  Switch(std::string name, Worker& worker, uint64_t aging_s = 300);
+  Switch(const Switch&) = delete;
+  Switch& operator=(const Switch&) = delete;
+
+  const std::string& name() const noexcept { return name_; }
+  Worker& worker() noexcept { return worker_; }
+  uint64_t aging_s() const noexcept { return aging_ns_ / 1000000000ull; }
+
+  // Control thread. add_port fails when the switch is full; after
+  // remove_port returns the worker no longer touches the port.
+  Status add_port(SwitchPort& p);
+  void remove_port(SwitchPort& p);
+  std::vector<SwitchPort*> ports() const;
+  std::vector<MacEntry> mac_table() const;
+  // Counters of the switch itself.
+  uint64_t flooded() const noexcept { return flooded_.load(std::memory_order_relaxed); }
+  uint64_t learned() const noexcept { return learned_.load(std::memory_order_relaxed); }
+
+  // Worker: learn the sender's MAC on `from`, then deliver to the port that
+  // owns the destination, or flood (broadcast, multicast, unknown, aged).
+  void forward(SwitchPort& from, const Packet& p, uint16_t qp, uint64_t now_ns) noexcept;
+
+  static uint64_t now_ns() noexcept;
+
+ private:
+  struct Entry {
+    // mac | slot << 48 | generation << 56; 0 = empty.
+    std::atomic<uint64_t> key{0};
+    std::atomic<uint64_t> seen{0};  // ns
+  };
+  void learn(uint64_t mac, uint16_t slot, uint64_t now) noexcept;
+  SwitchPort* lookup(uint64_t mac, uint64_t now) const noexcept;
+  static uint32_t hash(uint64_t mac) noexcept;
+
+  std::string name_;
+  Worker& worker_;
+  uint64_t aging_ns_;
+  std::array<std::atomic<SwitchPort*>, kMaxPorts + 1> ports_{};  // slot 0 unused
+  std::array<uint8_t, kMaxPorts + 1> gen_{};                      // control thread; copied into port_gen_
+  std::array<std::atomic<uint8_t>, kMaxPorts + 1> port_gen_{};
+  std::atomic<uint16_t> top_{0};  // highest slot in use
+  std::vector<Entry> macs_;
+  std::atomic<uint64_t> flooded_{0}, learned_{0};
+};
+
+}  // namespace sluice::net
