@@ -331,7 +331,7 @@ class NetTxQueue final : public NetQueue {
     if (quiescing_) return 0;
     unsigned n = 0;
     uint64_t now = 0;
-    q_->prefetch_burst(kPrefetch, false);
+    if (dev_.opts_.mode != PortMode::kSink) q_->prefetch_burst(kPrefetch, false);
     while (n < budget) {
       auto r = q_->pop(chain_);
       if (!r.ok()) {
@@ -340,7 +340,7 @@ class NetTxQueue final : public NetQueue {
       }
       if (!r.value()) break;
       ++n;
-      q_->prefetch_ahead(kPrefetch, false);
+      if (dev_.opts_.mode != PortMode::kSink) q_->prefetch_ahead(kPrefetch, false);
       if (now == 0 && dev_.opts_.mode == PortMode::kSwitch) now = Switch::now_ns();
       transmit(now);
       q_->push(chain_.head(), 0);  // nothing is written into a transmit buffer
@@ -366,6 +366,13 @@ class NetTxQueue final : public NetQueue {
     }
     if (len > uint64_t{dev_.opts_.mtu} + kEthHdrLen + kVlanTag) {
       st.drop(Drop::kOversize);
+      return;
+    }
+    if (dev_.opts_.mode == PortMode::kSink) {
+      // Counted and dropped by length alone: the frame's bytes are never
+      // read, so its lines stay the driver's to refill.
+      PortStats::add(st.tx_packets, 1);
+      PortStats::add(st.tx_bytes, len);
       return;
     }
     Packet p;
@@ -401,7 +408,7 @@ class NetTxQueue final : public NetQueue {
     PortStats::add(st.tx_bytes, p.len);
     switch (dev_.opts_.mode) {
       case PortMode::kSink:
-        return;
+        return;  // handled above
       case PortMode::kReflect:
         for (uint32_t i = 0; i < 6; ++i) std::swap(p.eth[i], p.eth[6 + i]);
         dev_.deliver(p, pair_);
