@@ -1,0 +1,547 @@
+// virtio-net ports on a switch, end to end in process: mock drivers transmit
+// and post receive buffers, a real worker moves the frames.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "dataplane/net/net_device.h"
+#include "dataplane/net/switch.h"
+#include "dataplane/virtq/ring.h"
+#include "tests/support/mock_guest.h"
+#include "tests/support/vhost_frontend.h"
+
+namespace sluice::net {
+namespace {
+
+using virtq::DriverBuf;
+using virtq::UsedBuf;
+
+constexpr uint64_t kModern = (1ull << virtq::kFVersion1) | (1ull << kFMrgRxbuf) | (1ull << kFCtrlVq) |
+                             (1ull << kFCtrlRx) | (1ull << kFCtrlMacAddr) | (1ull << kFCsum) |
+                             (1ull << kFGuestCsum) | (1ull << kFMq);
+
+struct Frame {
+  VnetHdr hdr{};
+  std::vector<uint8_t> bytes;
+};
+
+std::vector<uint8_t> eth_frame(uint64_t dst, uint64_t src, size_t len, uint8_t fill) {
+  std::vector<uint8_t> f(std::max<size_t>(len, 14), fill);
+  for (int i = 0; i < 6; ++i) {
+    f[static_cast<size_t>(i)] = static_cast<uint8_t>(dst >> (40 - 8 * i));
+    f[static_cast<size_t>(6 + i)] = static_cast<uint8_t>(src >> (40 - 8 * i));
+  }
+  f[12] = 0x88;
+  f[13] = 0xb5;
+  for (size_t i = 14; i < len; ++i) f[i] = static_cast<uint8_t>(fill + i);
+  f.resize(len);  // a runt is cut short
+  return f;
+}
+
+struct Port {
+  struct Q {
+    std::unique_ptr<test::MockDriver> drv;
+    virtq::SplitQueue q;
+    UniqueFd kick, call;
+    bool started = false;
+  };
+  std::vector<std::unique_ptr<Q>> qs;  // rx0, tx0, rx1, tx1, ..., ctrl
+  std::unique_ptr<NetDevice> dev;      // destroyed first: it stops the queues
+  uint32_t hdr_len = 12;
+};
+
+struct Rig {
+  Worker worker{WorkerOptions{.name = "t", .poll_us = 100}};
+  test::MockGuest g{{{0x100000, 64u << 20}}};
+  Switch sw{"t", worker, 300};
+  std::vector<std::unique_ptr<Port>> ports;
+
+  Rig() { EXPECT_TRUE(worker.start().ok()); }
+  ~Rig() {
+    ports.clear();
+    worker.stop();
+  }
+
+  Port& add(NetOptions o, uint64_t features = kModern, bool in_order = true, uint16_t qsize = 64) {
+    auto p = std::make_unique<Port>();
+    auto d = NetDevice::create(o, sw);
+    EXPECT_TRUE(d.ok()) << d.error().name();
+    p->dev = std::move(d.value());
+    p->dev->set_driver_features(features & p->dev->device_features());
+    p->hdr_len = p->dev->hdr_len();
+    for (uint16_t i = 0; i < p->dev->max_queues(); ++i) {
+      auto q = std::make_unique<Port::Q>();
+      test::QueueLayout l{.size = qsize, .in_order = in_order, .batching = p->dev->batching(i)};
+      q->drv = std::make_unique<test::MockDriver>(g, l);
+      EXPECT_TRUE(q->q.configure(q->drv->device_config()).ok());
+      EXPECT_TRUE(q->q.attach(g.table()).ok());
+      q->q.set_base(0);
+      q->kick = test::make_eventfd();
+      q->call = test::make_eventfd();
+      p->qs.push_back(std::move(q));
+    }
+    for (uint16_t i = 0; i < p->dev->max_queues(); ++i) start(*p, i);
+    ports.push_back(std::move(p));
+    return *ports.back();
+  }
+  void start(Port& p, uint16_t i) {
+    Port::Q& q = *p.qs[i];
+    EXPECT_TRUE(p.dev->queue_started({i, &q.q, q.kick.get(), q.call.get()}).ok());
+    q.started = true;
+  }
+  void stop(Port& p, uint16_t i) {
+    p.dev->queue_stopped(i);
+    p.qs[i]->started = false;
+  }
+  void kick(Port& p, uint16_t i) {
+    p.qs[i]->drv->ring().publish();
+    uint64_t one = 1;
+    (void)!::write(p.qs[i]->kick.get(), &one, sizeof one);
+  }
+  // Posts n receive buffers of `size` bytes (as `segs` descriptors each).
+  std::vector<uint64_t> post_rx(Port& p, unsigned n, uint32_t size, uint16_t q = 0) {
+    std::vector<uint64_t> addrs;
+    for (unsigned k = 0; k < n; ++k) {
+      uint64_t a = g.alloc(size);
+      g.fill(a, size, 0xee);
+      DriverBuf b{a, size, true};
+      EXPECT_TRUE(p.qs[2 * q]->drv->ring().add({&b, 1}, false, a).ok());
+      addrs.push_back(a);
+    }
+    kick(p, static_cast<uint16_t>(2 * q));
+    return addrs;
+  }
+  // Transmits header + frame (header as the driver fills it: zeroes but for
+  // the fields given), split into two descriptors when `split`.
+  void send(Port& p, const std::vector<uint8_t>& frame, VnetHdr h = {}, bool split = false, uint16_t q = 0) {
+    uint32_t hl = p.hdr_len;
+    uint64_t a = g.alloc(hl + frame.size());
+    g.write(a, std::as_bytes(std::span(reinterpret_cast<const uint8_t*>(&h), hl)));
+    g.write(a + hl, std::as_bytes(std::span(frame)));
+    std::vector<DriverBuf> b;
+    if (split) {
+      b.push_back({a, hl, false});
+      if (!frame.empty()) b.push_back({a + hl, static_cast<uint32_t>(frame.size()), false});
+    } else {
+      b.push_back({a, static_cast<uint32_t>(hl + frame.size()), false});
+    }
+    EXPECT_TRUE(p.qs[2 * q + 1]->drv->ring().add(b, false, a).ok());
+    kick(p, static_cast<uint16_t>(2 * q + 1));
+  }
+  std::vector<UsedBuf> used(Port& p, uint16_t qi, size_t n, int ms = 5000) {
+    std::vector<UsedBuf> out;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    while (out.size() < n && std::chrono::steady_clock::now() < deadline) {
+      UsedBuf u{};
+      auto r = p.qs[qi]->drv->ring().get_used(u);
+      EXPECT_TRUE(r.ok());
+      if (r.ok() && r.value())
+        out.push_back(u);
+      else
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    return out;
+  }
+  // Waits for n frames on p's receive queue q (each may span buffers).
+  std::vector<Frame> receive(Port& p, size_t n, uint16_t q = 0, int ms = 5000) {
+    std::vector<Frame> out;
+    std::vector<UsedBuf> pend;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    while (out.size() < n && std::chrono::steady_clock::now() < deadline) {
+      auto u = used(p, static_cast<uint16_t>(2 * q), 1, 50);
+      if (u.empty()) continue;
+      pend.push_back(u[0]);
+      Frame f;
+      std::memcpy(&f.hdr, g.host(pend[0].token), p.hdr_len);
+      uint16_t nb = p.hdr_len == 12 ? f.hdr.num_buffers : 1;
+      if (pend.size() < nb) continue;
+      for (size_t i = 0; i < pend.size(); ++i) {
+        uint32_t skip = i == 0 ? p.hdr_len : 0;
+        const auto* b = reinterpret_cast<const uint8_t*>(g.host(pend[i].token));
+        f.bytes.insert(f.bytes.end(), b + skip, b + pend[i].len);
+      }
+      pend.clear();
+      out.push_back(std::move(f));
+    }
+    return out;
+  }
+  // Sends one control command; returns the ack byte (or -1: no answer).
+  int control(Port& p, uint8_t cls, uint8_t cmd, const std::vector<uint8_t>& data, bool ack_room = true) {
+    uint16_t qi = static_cast<uint16_t>(p.qs.size() - 1);
+    uint64_t a = g.alloc(2 + data.size() + 1);
+    std::vector<uint8_t> c{cls, cmd};
+    c.insert(c.end(), data.begin(), data.end());
+    g.write(a, std::as_bytes(std::span(c)));
+    g.fill(a + c.size(), 1, 0x77);
+    std::vector<DriverBuf> b{{a, static_cast<uint32_t>(c.size()), false}};
+    if (ack_room) b.push_back({a + c.size(), 1, true});
+    EXPECT_TRUE(p.qs[qi]->drv->ring().add(b, false, a).ok());
+    kick(p, qi);
+    auto u = used(p, qi, 1);
+    if (u.empty()) return -1;
+    if (!ack_room) return u[0].len == 0 ? -2 : -3;
+    EXPECT_EQ(u[0].len, 1u);
+    return static_cast<int>(static_cast<uint8_t>(*g.host(a + c.size())));
+  }
+};
+
+NetOptions opts(const char* name, uint64_t mac, PortMode m = PortMode::kSwitch, uint16_t pairs = 1) {
+  NetOptions o;
+  o.name = name;
+  o.mac = mac;
+  o.mode = m;
+  o.queue_pairs = pairs;
+  o.queue_size = 256;
+  return o;
+}
+
+constexpr uint64_t kA = 0x525400000001ull, kB = 0x525400000002ull, kC = 0x525400000003ull;
+constexpr uint64_t kBcast = 0xffffffffffffull;
+
+TEST(NetSwitch, FloodsLearnsAndForwards) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB));
+  Port& c = r.add(opts("c", kC));
+  for (Port* p : {&a, &b, &c}) r.post_rx(*p, 8, 2048);
+  // Broadcast from a: b and c get it, a does not.
+  auto f1 = eth_frame(kBcast, kA, 100, 1);
+  r.send(a, f1);
+  for (Port* p : {&b, &c}) {
+    auto got = r.receive(*p, 1);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].bytes, f1);
+    EXPECT_EQ(got[0].hdr.num_buffers, 1);
+    EXPECT_EQ(got[0].hdr.flags, 0);
+  }
+  // b answers a: a was learned, so only a gets it.
+  auto f2 = eth_frame(kA, kB, 64, 2);
+  r.send(b, f2, {}, /*split=*/true);
+  auto got = r.receive(a, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].bytes, f2);
+  EXPECT_TRUE(r.receive(c, 1, 0, 200).empty());
+  auto table = r.sw.mac_table();
+  ASSERT_EQ(table.size(), 2u);
+  EXPECT_EQ(table[0].mac, kA);
+  EXPECT_EQ(table[0].port, "a");
+  EXPECT_EQ(table[1].port, "b");
+  // Unknown unicast floods.
+  r.send(c, eth_frame(0x020000000099ull, kC, 80, 3));
+  EXPECT_EQ(r.receive(a, 1).size(), 1u);
+  EXPECT_EQ(r.receive(b, 1).size(), 1u);
+  EXPECT_EQ(a.dev->stats().tx_packets.load(), 1u);
+  EXPECT_EQ(a.dev->stats().rx_packets.load(), 2u);
+  EXPECT_EQ(b.dev->stats().rx_bytes.load(), 100u + 80u);
+  EXPECT_EQ(r.sw.flooded(), 2u);
+}
+
+TEST(NetSwitch, AMovedMacFollowsItsNewPortAndARemovedPortIsForgotten) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB));
+  r.post_rx(a, 4, 2048);
+  r.post_rx(b, 4, 2048);
+  r.send(a, eth_frame(kBcast, kC, 64, 1));  // kC seen on a
+  ASSERT_EQ(r.receive(b, 1).size(), 1u);
+  r.send(b, eth_frame(kBcast, kC, 64, 2));  // kC moved to b
+  ASSERT_EQ(r.receive(a, 1).size(), 1u);
+  auto t = r.sw.mac_table();
+  ASSERT_EQ(t.size(), 1u);
+  EXPECT_EQ(t[0].port, "b");
+  r.ports.pop_back();  // b goes
+  EXPECT_TRUE(r.sw.mac_table().empty());
+  EXPECT_EQ(r.sw.ports().size(), 1u);
+}
+
+TEST(NetDevice, MalformedTransmitsAreCountedAndThePortKeepsWorking) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB));
+  r.post_rx(b, 8, 2048);
+  // Shorter than the vnet header: a buffer of 5 bytes.
+  uint64_t x = r.g.alloc(16);
+  DriverBuf s{x, 5, false};
+  ASSERT_TRUE(a.qs[1]->drv->ring().add({&s, 1}, false, x).ok());
+  r.kick(a, 1);
+  r.send(a, eth_frame(kB, kA, 10, 1));    // runt
+  r.send(a, eth_frame(kB, kA, 1600, 1));  // above MTU 1500 + 14 (+4)
+  VnetHdr bad{};
+  bad.flags = kHdrFNeedsCsum;
+  bad.csum_start = 60;
+  bad.csum_offset = 10;
+  r.send(a, eth_frame(kB, kA, 64, 1), bad);  // checksum field past the end
+  auto good = eth_frame(kB, kA, 200, 9);
+  r.send(a, good);
+  auto got = r.receive(b, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].bytes, good);
+  // Every transmit buffer came back.
+  EXPECT_EQ(r.used(a, 1, 5).size(), 5u);
+  const PortStats& st = a.dev->stats();
+  EXPECT_EQ(st.dropped(Drop::kShortHeader), 1u);
+  EXPECT_EQ(st.dropped(Drop::kRunt), 1u);
+  EXPECT_EQ(st.dropped(Drop::kOversize), 1u);
+  EXPECT_EQ(st.dropped(Drop::kBadCsum), 1u);
+  EXPECT_EQ(st.tx_packets.load(), 1u);
+}
+
+TEST(NetDevice, ReceiveChainsWithoutRoomAreReturnedAndDropped) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB));
+  // b's first receive buffer is read-only (hostile), the second fine.
+  uint64_t ro = r.g.alloc(256);
+  DriverBuf rb{ro, 256, false};
+  ASSERT_TRUE(b.qs[0]->drv->ring().add({&rb, 1}, false, ro).ok());
+  r.post_rx(b, 2, 2048);
+  auto f = eth_frame(kB, kA, 300, 4);
+  r.send(a, f);
+  r.send(a, f);
+  auto u = r.used(b, 0, 1);
+  ASSERT_EQ(u.size(), 1u);
+  EXPECT_EQ(u[0].token, ro);
+  EXPECT_EQ(u[0].len, 0u);
+  auto got = r.receive(b, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].bytes, f);
+  EXPECT_EQ(b.dev->stats().dropped(Drop::kRxBadChain), 1u);
+}
+
+TEST(NetDevice, MergeableBuffersCarryALargeFrame) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB));
+  r.post_rx(b, 6, 256);
+  auto f = eth_frame(kB, kA, 1000, 5);
+  r.send(a, f, {}, true);
+  auto got = r.receive(b, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].hdr.num_buffers, 4);  // 12 + 1000 bytes in 256-byte buffers
+  EXPECT_EQ(got[0].bytes, f);
+  // Two buffers left, not enough for another: nothing is consumed, it is
+  // dropped, and the two take the next frame.
+  r.send(a, eth_frame(kB, kA, 1000, 6));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(b.dev->stats().dropped(Drop::kNoRxBuffer), 1u);
+  auto small = eth_frame(kB, kA, 100, 7);
+  r.send(a, small);
+  got = r.receive(b, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].bytes, small);
+}
+
+TEST(NetDevice, WithoutMergeableBuffersASmallBufferIsLeftAndTheFrameDropped) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB), kModern & ~(1ull << kFMrgRxbuf));
+  EXPECT_EQ(b.hdr_len, 12u);  // VERSION_1 keeps num_buffers
+  r.post_rx(b, 1, 256);
+  r.send(a, eth_frame(kB, kA, 1000, 5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(b.dev->stats().dropped(Drop::kRxTooSmall), 1u);
+  auto f = eth_frame(kB, kA, 200, 6);
+  r.send(a, f);
+  auto got = r.receive(b, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].bytes, f);
+}
+
+TEST(NetDevice, LegacyTenByteHeader) {
+  Rig r;
+  uint64_t legacy = (1ull << kFCtrlVq) | (1ull << kFCtrlRx);
+  Port& a = r.add(opts("a", kA), legacy, false);
+  Port& b = r.add(opts("b", kB), kModern);
+  EXPECT_EQ(a.hdr_len, 10u);
+  r.post_rx(a, 2, 2048);
+  r.post_rx(b, 2, 2048);
+  auto f = eth_frame(kB, kA, 90, 1);
+  r.send(a, f);
+  auto got = r.receive(b, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].bytes, f);
+  auto g2 = eth_frame(kA, kB, 70, 2);
+  r.send(b, g2);
+  got = r.receive(a, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].bytes, g2);
+}
+
+// A UDP/IPv4 frame whose UDP checksum field holds the pseudo-header sum, as
+// a driver with CSUM leaves it.
+std::vector<uint8_t> udp_frame(uint64_t dst, uint64_t src, VnetHdr& h) {
+  auto f = eth_frame(dst, src, 14 + 20 + 8 + 26, 0);
+  f[12] = 0x08;
+  f[13] = 0x00;
+  uint8_t ip[20] = {0x45, 0, 0, 54, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2};
+  std::memcpy(f.data() + 14, ip, 20);
+  uint8_t* u = f.data() + 34;
+  u[0] = 0x12; u[1] = 0x34; u[2] = 0x56; u[3] = 0x78; u[4] = 0; u[5] = 34;
+  for (int i = 0; i < 26; ++i) u[8 + i] = static_cast<uint8_t>(i * 7);
+  // Pseudo header: src, dst, proto 17, length 34.
+  uint32_t sum = 0x0a00 + 0x0001 + 0x0a00 + 0x0002 + 17 + 34;
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  u[6] = static_cast<uint8_t>(sum >> 8);
+  u[7] = static_cast<uint8_t>(sum);
+  h.flags = kHdrFNeedsCsum;
+  h.csum_start = 34;
+  h.csum_offset = 6;
+  return f;
+}
+
+bool udp_checksum_ok(const std::vector<uint8_t>& f) {
+  uint32_t sum = 0x0a00 + 0x0001 + 0x0a00 + 0x0002 + 17 + 34;
+  for (size_t i = 34; i < f.size(); i += 2) sum += uint32_t{f[i]} << 8 | (i + 1 < f.size() ? f[i + 1] : 0);
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return sum == 0xffff;
+}
+
+TEST(NetDevice, PartialChecksumsAreCarriedOrFinished) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB));                                     // GUEST_CSUM
+  Port& c = r.add(opts("c", kC), kModern & ~(1ull << kFGuestCsum));  // no GUEST_CSUM
+  r.post_rx(b, 2, 2048);
+  r.post_rx(c, 2, 2048);
+  VnetHdr h{};
+  auto f = udp_frame(kBcast, kA, h);
+  EXPECT_FALSE(udp_checksum_ok(f));
+  r.send(a, f, h, true);
+  auto gb = r.receive(b, 1);
+  ASSERT_EQ(gb.size(), 1u);
+  EXPECT_EQ(gb[0].hdr.flags, kHdrFNeedsCsum);
+  EXPECT_EQ(gb[0].hdr.csum_start, 34);
+  EXPECT_EQ(gb[0].hdr.csum_offset, 6);
+  EXPECT_EQ(gb[0].bytes, f);  // untouched: b finishes it
+  auto gc = r.receive(c, 1);
+  ASSERT_EQ(gc.size(), 1u);
+  EXPECT_EQ(gc[0].hdr.flags, 0);
+  EXPECT_TRUE(udp_checksum_ok(gc[0].bytes));
+}
+
+TEST(NetDevice, ControlQueueAnswersAndRefuses) {
+  Rig r;
+  Port& a = r.add(opts("a", kA, PortMode::kSwitch, 2));
+  EXPECT_EQ(a.dev->max_queues(), 5);
+  EXPECT_EQ(a.dev->queue_num(), 2u);
+  EXPECT_EQ(r.control(a, kCtrlMq, kCtrlMqVqPairsSet, {1, 0}), kCtrlOk);
+  EXPECT_EQ(a.dev->active_pairs(), 1);
+  EXPECT_EQ(r.control(a, kCtrlMq, kCtrlMqVqPairsSet, {0, 0}), kCtrlErr);   // below 1
+  EXPECT_EQ(r.control(a, kCtrlMq, kCtrlMqVqPairsSet, {3, 0}), kCtrlErr);   // above max
+  EXPECT_EQ(r.control(a, kCtrlMq, kCtrlMqVqPairsSet, {2}), kCtrlErr);      // short
+  EXPECT_EQ(r.control(a, kCtrlMq, 7, {1, 0}), kCtrlErr);                   // bad command
+  EXPECT_EQ(r.control(a, 9, 0, {}), kCtrlErr);                             // bad class
+  EXPECT_EQ(r.control(a, kCtrlRx, kCtrlRxPromisc, {0}), kCtrlOk);
+  EXPECT_FALSE(a.dev->promisc());
+  EXPECT_EQ(r.control(a, kCtrlRx, kCtrlRxPromisc, {0, 0}), kCtrlErr);
+  EXPECT_EQ(r.control(a, kCtrlRx, 4, {1}), kCtrlErr);  // NOUNI: CTRL_RX_EXTRA not offered
+  // MAC table: 1 unicast, 0 multicast.
+  EXPECT_EQ(r.control(a, kCtrlMac, kCtrlMacTableSet, {1, 0, 0, 0, 2, 0, 0, 0, 0, 9, 0, 0, 0, 0}), kCtrlOk);
+  EXPECT_EQ(r.control(a, kCtrlMac, kCtrlMacTableSet, {2, 0, 0, 0, 2, 0, 0, 0, 0, 9}), kCtrlErr);  // count past the data
+  EXPECT_EQ(r.control(a, kCtrlMac, kCtrlMacTableSet, {0, 0, 0, 0, 0, 0, 0, 0, 1}), kCtrlErr);   // trailing byte
+  EXPECT_EQ(r.control(a, kCtrlMac, kCtrlMacAddrSet, {0x52, 0x54, 0, 0, 0, 0x42}), kCtrlOk);
+  EXPECT_EQ(a.dev->mac(), 0x525400000042ull);
+  EXPECT_EQ(r.control(a, kCtrlMac, kCtrlMacAddrSet, {0x01, 0, 0, 0, 0, 1}), kCtrlErr);  // multicast
+  EXPECT_EQ(r.control(a, 2, 0, {}, /*ack_room=*/false), -2);  // no room for the ack: returned empty
+  EXPECT_EQ(a.dev->ctrl_commands(), 4u);
+  EXPECT_GE(a.dev->ctrl_errors(), 10u);
+  // The port still forwards.
+  Port& b = r.add(opts("b", kB));
+  r.post_rx(b, 1, 2048);
+  r.send(a, eth_frame(kBcast, 0x525400000042ull, 64, 1));
+  EXPECT_EQ(r.receive(b, 1).size(), 1u);
+}
+
+TEST(NetDevice, RxFilterKeepsUnwantedFloodsOut) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB));
+  r.post_rx(b, 4, 2048);
+  ASSERT_EQ(r.control(b, kCtrlRx, kCtrlRxPromisc, {0}), kCtrlOk);
+  ASSERT_EQ(r.control(b, kCtrlRx, kCtrlRxAllmulti, {0}), kCtrlOk);
+  r.send(a, eth_frame(0x020000000099ull, kA, 64, 1));  // unknown unicast: flooded, filtered at b
+  r.send(a, eth_frame(0x01005e000001ull, kA, 64, 2));  // multicast not in b's table
+  auto bc = eth_frame(kBcast, kA, 64, 3);
+  r.send(a, bc);
+  auto got = r.receive(b, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].bytes, bc);
+  EXPECT_EQ(b.dev->stats().dropped(Drop::kFiltered), 2u);
+}
+
+TEST(NetDevice, ReflectSinkAndSource) {
+  Rig r;
+  Port& re = r.add(opts("reflect", kA, PortMode::kReflect));
+  r.post_rx(re, 2, 2048);
+  auto f = eth_frame(kB, kA, 128, 3);
+  r.send(re, f);
+  auto got = r.receive(re, 1);
+  ASSERT_EQ(got.size(), 1u);
+  auto want = eth_frame(kA, kB, 128, 3);
+  EXPECT_EQ(got[0].bytes, want);
+
+  Port& sink = r.add(opts("sink", kB, PortMode::kSink));
+  for (int i = 0; i < 10; ++i) r.send(sink, eth_frame(kC, kB, 64, 1));
+  EXPECT_EQ(r.used(sink, 1, 10).size(), 10u);
+  EXPECT_EQ(sink.dev->stats().tx_packets.load(), 10u);
+  EXPECT_EQ(sink.dev->stats().tx_bytes.load(), 640u);
+
+  NetOptions so = opts("source", kC, PortMode::kSource);
+  so.source_frame = 100;
+  Port& src = r.add(so);
+  r.post_rx(src, 16, 2048);
+  auto frames = r.receive(src, 16);
+  ASSERT_EQ(frames.size(), 16u);
+  for (size_t i = 0; i < frames.size(); ++i) {
+    ASSERT_EQ(frames[i].bytes.size(), 100u);
+    uint64_t seq;
+    std::memcpy(&seq, frames[i].bytes.data() + 14, 8);
+    EXPECT_EQ(seq, i);
+    EXPECT_EQ(frames[i].bytes[0], 0x52);  // to the port's own MAC
+  }
+}
+
+TEST(NetDevice, AStoppedReceiverCountsNotReady) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB));
+  r.stop(b, 0);
+  r.send(a, eth_frame(kB, kA, 64, 1));
+  EXPECT_EQ(r.used(a, 1, 1).size(), 1u);
+  EXPECT_EQ(b.dev->stats().dropped(Drop::kRxNotReady), 1u);
+  r.start(b, 0);
+  r.post_rx(b, 1, 2048);
+  r.send(a, eth_frame(kB, kA, 64, 2));
+  EXPECT_EQ(r.receive(b, 1).size(), 1u);
+}
+
+TEST(NetDevice, RefusesBadOptions) {
+  Worker w{WorkerOptions{}};
+  Switch sw{"t", w};
+  NetOptions o = opts("x", kA);
+  o.queue_pairs = 0;
+  EXPECT_FALSE(NetDevice::create(o, sw).ok());
+  o = opts("x", 0x010000000001ull);  // multicast MAC
+  EXPECT_FALSE(NetDevice::create(o, sw).ok());
+  o = opts("x", kA, PortMode::kSource);
+  o.source_frame = 2000;  // above MTU + 14
+  EXPECT_FALSE(NetDevice::create(o, sw).ok());
+}
+
+TEST(NetSwitch, MacParsing) {
+  uint64_t m = 0;
+  EXPECT_TRUE(parse_mac("52:54:00:AB:cd:01", m));
+  EXPECT_EQ(m, 0x525400abcd01ull);
+  EXPECT_EQ(format_mac(m), "52:54:00:ab:cd:01");
+  EXPECT_FALSE(parse_mac("52:54:00:ab:cd", m));
+  EXPECT_FALSE(parse_mac("52-54-00-ab-cd-01", m));
+  EXPECT_FALSE(parse_mac("52:54:00:ab:cd:0g", m));
+}
+
+}  // namespace
+}  // namespace sluice::net
