@@ -14,6 +14,9 @@ PKGS=(
   clang libclang-rt-14-dev   # libFuzzer + sanitizers for the fuzz target
   # peers for the end-to-end tests: QEMU guests under TCG, a busybox initramfs
   qemu-system-x86 qemu-system-common qemu-utils busybox-static kmod cpio xz-utils python3
+  # DPDK: ethdev uplinks (build) and dpdk-testpmd, the virtio-user front-end
+  # of the net tests and the vhost PMD the benchmark compares against
+  libdpdk-dev dpdk-dev
 )
 
 missing=()
