@@ -48,6 +48,7 @@ void Session::disconnect() {
   device_.reset();
   memory_.clear();
   features_ = protocol_features_ = 0;
+  protocol_set_ = false;
   status_ = 0;
 }
 
@@ -169,6 +170,7 @@ Status Session::dispatch(Message& m, Response& r) {
       auto v = m.as<uint64_t>();
       if (v & ~kOfferedProtocolFeatures) return Errc::kFeatureNotOffered;
       protocol_features_ = v;
+      protocol_set_ = true;
       return {};
     }
     case Request::kGetQueueNum:
@@ -178,7 +180,11 @@ Status Session::dispatch(Message& m, Response& r) {
       auto st = m.as<VringState>();
       auto v = vring(st.index);
       if (!v.ok()) return v.error();
-      if (!protocol_negotiated()) return Errc::kMsgNotNegotiated;
+      // QEMU sends this as soon as the back-end offers PROTOCOL_FEATURES,
+      // before SET_FEATURES acks it (vhost-user-net disables its extra queue
+      // pairs at init). The state is kept either way; it gates the ring only
+      // once PROTOCOL_FEATURES is acked (see maybe_start).
+      if (!protocol_negotiated() && !protocol_set_) return Errc::kMsgNotNegotiated;
       if (st.num > 1) return Errc::kInvalidArgument;
       (*v)->enabled = st.num == 1;
       if ((*v)->enabled) return maybe_start(static_cast<uint16_t>(st.index));

@@ -92,6 +92,7 @@ class Session {
   std::vector<std::unique_ptr<Vring>> vrings_;
   uint64_t features_ = 0;
   uint64_t protocol_features_ = 0;
+  bool protocol_set_ = false;  // SET_PROTOCOL_FEATURES seen
   uint8_t status_ = 0;
   // The inflight-tracking region (INFLIGHT_SHMFD): ours after GET_INFLIGHT_FD,
   // the front-end's after SET_INFLIGHT_FD. It outlives a back-end crash

@@ -419,6 +419,27 @@ TEST(VhostMalformed, NotNegotiated) {
   EXPECT_EQ(resp.error, Errc::kMsgNotNegotiated);
 }
 
+// QEMU's vhost-user-net disables its extra queue pairs right after
+// SET_PROTOCOL_FEATURES, before SET_FEATURES acks PROTOCOL_FEATURES: taken
+// (the ring is gated by it once acked); before any protocol negotiation it
+// is refused.
+TEST(VhostSession, VringEnableBeforeSetFeaturesAsQemuSendsIt) {
+  Rig r;
+  ASSERT_TRUE(r.fe.send_struct(Request::kSetVringEnable, VringState{0, 0}).ok());
+  Response early = r.pump();
+  EXPECT_EQ(early.error, Errc::kMsgNotNegotiated);
+  Rig q;
+  EXPECT_EQ(q.get_u64(Request::kGetFeatures), kDevFeatures | (1ull << kFProtocolFeatures));
+  EXPECT_EQ(q.get_u64(Request::kGetProtocolFeatures), kPf);
+  EXPECT_FALSE(q.set(Request::kSetProtocolFeatures, kPf).close);
+  EXPECT_EQ(q.acked(Request::kSetVringEnable, VringState{0, 0}), 0u);
+  EXPECT_FALSE(q.set(Request::kSetFeatures, kDevFeatures | (1ull << kFProtocolFeatures)).close);
+  ASSERT_EQ(q.send_mem_table(), 0u);
+  MockDriver d(q.guest, QueueLayout{.size = 16});
+  q.start_ring(0, d);  // ends with SET_VRING_ENABLE 1
+  EXPECT_TRUE(q.session.queue_running(0));
+}
+
 TEST(VhostMalformed, FeaturesNeverOffered) {
   Rig r;
   r.negotiate();
