@@ -602,6 +602,49 @@ void Daemon::add_net(const NetSpec& spec) {
   exports_[spec.id] = std::move(e);
 }
 
+void Daemon::add_uplink(const UplinkSpec& spec) {
+#ifdef SLUICE_HAVE_DPDK
+  if (uplink_specs_.count(spec.name)) throw std::runtime_error("an uplink named '" + spec.name + "' exists");
+  std::string err;
+  // EAL probes no PCI device unless told which: the first uplink's, if it is
+  // one, or those allowed in --dpdk-args (-a ADDR).
+  std::vector<std::string> eal = opts_.dpdk_args;
+  bool allow_list = false;
+  for (const std::string& a : eal) allow_list |= a == "-a" || a.rfind("--allow", 0) == 0 || a == "--no-pci";
+  std::string dev = spec.devargs.substr(0, spec.devargs.find(','));
+  bool pci = dev.find(':') != std::string::npos && dev.find('.') != std::string::npos;
+  if (!allow_list && !eal_started_) {
+    if (pci) {
+      eal.push_back("-a");
+      eal.push_back(spec.devargs);
+    } else {
+      eal.push_back("--no-pci");
+    }
+  }
+  if (Status s = net::init_eal(eal, err); !s.ok()) throw std::runtime_error("DPDK: " + err);
+  eal_started_ = true;
+  auto it = switches_.find(spec.sw);
+  net::Switch& sw = it != switches_.end() ? *it->second : create_switch(spec.sw);
+  auto u = net::DpdkUplink::open(spec.name, spec.devargs, sw, spec.queue_size, err);
+  if (!u.ok()) throw std::runtime_error("uplink " + spec.name + ": " + err);
+  LOG_INFO("daemon", "uplink %s: DPDK port %u (%s, %s) on switch %s", spec.name.c_str(), u.value()->port_id(),
+           u.value()->driver().c_str(), net::format_mac(u.value()->mac()).c_str(), spec.sw.c_str());
+  uplinks_[spec.name] = std::move(u.value());
+  uplink_specs_[spec.name] = spec;
+#else
+  throw std::runtime_error("uplink " + spec.name + ": sluiced was built without DPDK (meson -Ddpdk=enabled, libdpdk-dev)");
+#endif
+}
+
+void Daemon::remove_uplink(const std::string& name) {
+  if (!uplink_specs_.count(name)) throw std::runtime_error("no uplink named '" + name + "'");
+#ifdef SLUICE_HAVE_DPDK
+  uplinks_.erase(name);
+#endif
+  uplink_specs_.erase(name);
+  LOG_INFO("daemon", "uplink %s removed", name.c_str());
+}
+
 void Daemon::remove(const std::string& id) {
   auto it = exports_.find(id);
   if (it == exports_.end()) throw std::runtime_error("no export with id '" + id + "'");
@@ -993,6 +1036,15 @@ int Daemon::run() {
       return 1;
     }
   }
+  for (const UplinkSpec& u : opts_.uplinks) {
+    try {
+      add_uplink(u);
+    } catch (const std::exception& e) {
+      LOG_ERROR("daemon", "%s", e.what());
+      shutdown();
+      return 1;
+    }
+  }
   if (!opts_.metrics.empty()) {
     try {
       auto [host, port] = parse_listen(opts_.metrics);
@@ -1046,6 +1098,10 @@ void Daemon::shutdown() {
     if (t.joinable()) t.join();
   vmm_ops_.clear();
   exports_.clear();
+#ifdef SLUICE_HAVE_DPDK
+  uplinks_.clear();
+#endif
+  uplink_specs_.clear();
   switches_.clear();  // after their ports
   vfio_.clear();  // after the exports: their sessions' memory leaves the IOMMU first
   for (auto& w : workers_) w->stop();
@@ -1301,6 +1357,14 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
     } else if (m == "switch-delete") {
       std::string name = str_param("name", true);
       d.delete_switch(name);
+      result = json::object{{"name", name}};
+    } else if (m == "add-uplink") {
+      UplinkSpec spec = parse_uplink_spec(str_param("spec", true));
+      d.add_uplink(spec);
+      result = json::object{{"name", spec.name}};
+    } else if (m == "remove-uplink") {
+      std::string name = str_param("name", true);
+      d.remove_uplink(name);
       result = json::object{{"name", name}};
     } else if (m == "switch-list") {
       result = d.switch_list();

@@ -21,6 +21,9 @@
 #include "dataplane/blk/blk_device.h"
 #include "dataplane/net/net_device.h"
 #include "dataplane/net/switch.h"
+#ifdef SLUICE_HAVE_DPDK
+#include "dataplane/net/dpdk_uplink.h"
+#endif
 #include "dataplane/worker/worker.h"
 #include "vfio/container.h"
 #include "vfio/dma_mapper.h"
@@ -154,6 +157,7 @@ struct DaemonOptions {
   std::vector<BlkSpec> blk;
   std::vector<NetSpec> net;
   std::vector<UplinkSpec> uplinks;
+  std::vector<std::string> dpdk_args;  // EAL arguments (--dpdk-args), used when the first uplink starts
   std::string config;        // the config file these came from (reload re-reads it); empty: none
   std::vector<std::string> config_exports;  // ids of the exports the config file defines
   std::vector<int> vfio_groups;      // --vfio-group: one container each
@@ -189,6 +193,9 @@ class Daemon {
   void delete_switch(const std::string& name);
   boost::json::array switch_list() const;
   boost::json::array mac_table(const std::string& sw) const;
+  // DPDK ethdev uplinks (throw when built without DPDK).
+  void add_uplink(const UplinkSpec& spec);
+  void remove_uplink(const std::string& name);
   boost::json::array list() const;
   boost::json::value stats(const std::string& id) const;
   boost::json::array worker_stats() const;
@@ -230,6 +237,11 @@ class Daemon {
   void check_new_export(const std::string& id, const std::string& path) const;
   std::map<std::string, std::unique_ptr<Export>> exports_;
   std::map<std::string, std::unique_ptr<net::Switch>> switches_;
+#ifdef SLUICE_HAVE_DPDK
+  std::map<std::string, std::unique_ptr<net::DpdkUplink>> uplinks_;
+#endif
+  std::map<std::string, UplinkSpec> uplink_specs_;
+  bool eal_started_ = false;
   std::optional<unix_socket::acceptor> api_;
   std::unique_ptr<MetricsServer> metrics_;
   std::map<std::string, Attachment> attached_;  // export id -> where it is attached

@@ -36,6 +36,8 @@ const char kUsage[] = R"(usage: sluicectl [--api PATH] [--json] COMMAND
                        whether this machine can post device interrupts to guests
   add-blk SPEC         add a vhost-user-blk export (SPEC as for sluiced --blk)
   add-net SPEC         add a vhost-user-net port (SPEC as for sluiced --net)
+  add-uplink SPEC      add a DPDK uplink (SPEC as for sluiced --uplink)
+  remove-uplink NAME
   switch list          switches, their ports and per-port counters
   switch create NAME [--aging SECONDS]
   switch delete NAME   (only when it has no ports)
@@ -252,8 +254,10 @@ int main(int argc, char** argv) {
   } else if (cmd == "workers") {
   } else if (cmd == "vfio") {
   } else if (cmd == "irq") {
-  } else if ((cmd == "add-blk" || cmd == "add-net") && i < argc) {
+  } else if ((cmd == "add-blk" || cmd == "add-net" || cmd == "add-uplink") && i < argc) {
     params["spec"] = argv[i++];
+  } else if (cmd == "remove-uplink" && i < argc) {
+    params["name"] = argv[i++];
   } else if (cmd == "switch" && i < argc) {
     std::string sub = argv[i++];
     if (sub == "list") {
@@ -381,7 +385,7 @@ int main(int argc, char** argv) {
       std::printf("%-18s %-16s %.1fs\n", std::string(o.at("mac").as_string()).c_str(),
                   std::string(o.at("port").as_string()).c_str(), o.at("age_s").to_number<double>());
     }
-  } else if (cmd == "switch") {
+  } else if (cmd == "switch" || cmd == "add-uplink" || cmd == "remove-uplink") {
     std::printf("ok: %s %s\n", method.c_str(), std::string(out.as_object().at("name").as_string()).c_str());
   } else if (cmd == "workers") {
     std::printf("%-10s %14s %10s\n", "WORKER", "POLLS", "SLEEPS");

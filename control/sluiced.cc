@@ -2,6 +2,7 @@
 #include <sys/stat.h>
 
 #include <cstdio>
+#include <sstream>
 #include <cstring>
 #include <string>
 
@@ -54,6 +55,13 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
                                       guest's rx queues filled with generated frames)
                       frame=N         mode=source: frame bytes, 60..MTU+14 (default 64)
                     e.g. --net id=vm1,path=/run/sluice/vm1-net.sock,switch=br0,queues=2
+  --uplink SPEC     a DPDK ethdev port on a switch; repeatable:
+                      switch=NAME,[name=NAME,][queue-size=N,]dpdk=DEVARGS
+                    DEVARGS (last: it may hold commas) is any EAL device string,
+                    e.g. dpdk=net_tap0,iface=sl0 or dpdk=0000:00:05.0 (vfio-pci)
+  --dpdk-args ARGS  extra EAL arguments (space-separated) for the uplinks, e.g.
+                    "-a 0000:00:05.0"; default EAL: --in-memory, no telemetry,
+                    --no-huge -m 256 when no hugepages are free
   --config FILE     read options and exports from FILE (JSON, see
                     docs/OPERATIONS.md); sluicectl reload re-reads it. Options
                     given on the command line after it override it
@@ -122,6 +130,11 @@ int main(int argc, char** argv) {
         opts.blk.push_back(parse_blk_spec(value()));
       } else if (a == "--net") {
         opts.net.push_back(parse_net_spec(value()));
+      } else if (a == "--uplink") {
+        opts.uplinks.push_back(parse_uplink_spec(value()));
+      } else if (a == "--dpdk-args") {
+        std::istringstream in(value());
+        for (std::string w; in >> w;) opts.dpdk_args.push_back(w);
       } else if (a == "--api") {
         opts.api_path = value();
       } else if (a == "--config") {

@@ -258,11 +258,16 @@ UplinkSpec parse_uplink_spec(const std::string& text) {
     } else if (key == "queue-size") {
       u.queue_size = static_cast<uint16_t>(parse_uint(key, val, 4096));
       if (u.queue_size < 64) throw SpecError("queue-size: 64..4096");
+    } else if (key == "name") {
+      if (val.empty() || val.size() > 32 || val.find_first_of(" /\t") != std::string::npos)
+        throw SpecError("name: 1..32 characters, no spaces or '/'");
+      u.name = val;
     } else {
-      throw SpecError("unknown key '" + key + "' (switch, queue-size, then dpdk=DEVARGS last)");
+      throw SpecError("unknown key '" + key + "' (name, switch, queue-size, then dpdk=DEVARGS last)");
     }
   }
   if (!have_switch) throw SpecError("switch= is required (before dpdk=)");
+  if (u.name.empty()) u.name = u.devargs.substr(0, u.devargs.find(','));
   return u;
 }
 

@@ -43,6 +43,7 @@ struct NetSpec {
 // A DPDK ethdev uplink: "switch=br0,dpdk=net_tap0,iface=sl0" (everything
 // after dpdk= is the EAL device string).
 struct UplinkSpec {
+  std::string name;           // defaults to the device's name (devargs up to the first comma)
   std::string sw;
   std::string devargs;
   uint16_t queue_size = 1024;

@@ -5,6 +5,8 @@
                                                 with its index and a pattern
   net_pcap.py cmp SENT GOT [swap]               GOT must hold SENT's frames in
                                                 order (with MACs swapped: swap)
+  net_pcap.py sniff IFNAME OUT SECONDS          capture 0x88b5 frames on a tap
+  net_pcap.py inject IFNAME PCAP                send a pcap's frames out of it
 """
 import struct
 import sys
@@ -47,6 +49,9 @@ def gen(path, n, src, dst, seed):
 
 def cmp(sent_path, got_path, swap):
     sent, got = read(sent_path), read(got_path)
+    # Only the test's frames (EtherType 0x88b5): a tap also carries the
+    # host kernel's own traffic.
+    got = [f for f in got if f[12:14] == b"\x88\xb5"]
     if swap:
         sent = [f[6:12] + f[0:6] + f[12:] for f in sent]
     if len(got) != len(sent):
@@ -60,8 +65,54 @@ def cmp(sent_path, got_path, swap):
     return 0
 
 
+
+
+def sniff(ifname, out_path, seconds):
+    """Frames of EtherType 0x88b5 arriving at ifname (from the far side of a
+    tap: DPDK's writes), for `seconds`, into a pcap file."""
+    import socket
+    import time
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
+    # Room for a whole burst: DPDK writes faster than Python reads.
+    try:
+        s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE (root)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+    s.bind((ifname, 0))
+    s.settimeout(0.2)
+    frames, end = [], time.time() + seconds
+    while time.time() < end:
+        try:
+            data, addr = s.recvfrom(65535)
+        except socket.timeout:
+            continue
+        if addr[2] == socket.PACKET_OUTGOING:
+            continue
+        frames.append(data)
+    write(out_path, frames)
+
+
+def inject(ifname, pcap_path):
+    """Sends a pcap file's frames out of ifname (into the tap's DPDK side)."""
+    import socket
+    import time
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((ifname, 0))
+    for i, f in enumerate(read(pcap_path)):
+        s.send(f)
+        if i % 32 == 31:
+            time.sleep(0.002)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "gen":
+    cmd = sys.argv[1]
+    if cmd == "gen":
         gen(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], int(sys.argv[6]))
-    elif sys.argv[1] == "cmp":
+    elif cmd == "cmp":
         sys.exit(cmp(sys.argv[2], sys.argv[3], len(sys.argv) > 4 and sys.argv[4] == "swap"))
+    elif cmd == "sniff":
+        sniff(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+    elif cmd == "inject":
+        inject(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit("unknown command " + cmd)

@@ -8,6 +8,9 @@
 #                 come back on that pair)
 #   switch: two testpmd front-ends on two ports of one switch send to each
 #           other at once (both ways through the switch)
+#   uplink: a DPDK net_tap uplink on a switch with one port: frames injected
+#           into the tap reach the port's testpmd, the port's frames reach the
+#           tap (when sluiced was built with DPDK)
 # Every run is also checked against the ports' counters.
 #
 # Usage: net_testpmd.sh SLUICED SLUICECTL WORKDIR     (exit 77: skipped)
@@ -41,7 +44,8 @@ WCPU=$((CPUS > 1 ? 1 : 0))
   --net "id=r,path=$D/r.sock,switch=refl,mode=reflect" \
   --net "id=r2,path=$D/r2.sock,switch=refl2,mode=reflect,queues=2" \
   --net "id=a,path=$D/a.sock,switch=sw0" \
-  --net "id=b,path=$D/b.sock,switch=sw0" > "$D/sluiced.log" 2>&1 &
+  --net "id=b,path=$D/b.sock,switch=sw0" \
+  --net "id=u,path=$D/u.sock,switch=up" > "$D/sluiced.log" 2>&1 &
 SPID=$!
 for _ in $(seq 50); do [ -S "$D/api.sock" ] && break; sleep 0.1; done
 [ -S "$D/api.sock" ] || { cat "$D/sluiced.log"; echo "FAIL: sluiced did not start"; exit 1; }
@@ -108,6 +112,33 @@ for p in a b; do
 done
 ctl switch macs sw0
 ctl switch list | head -5
+
+# A DPDK uplink (net_tap) on switch "up", added at run time through the API.
+TAP=sltap$$
+if ctl add-uplink "switch=up,dpdk=net_tap_t$$,iface=$TAP" > "$D/uplink.txt" 2>&1; then
+  sysctl -qw "net.ipv6.conf.$TAP.disable_ipv6=1" 2>/dev/null
+  ip link set "$TAP" up
+  gen "$D/toup.pcap" $N 52:54:00:40:00:01 52:54:00:40:00:02 6
+  gen "$D/fromup.pcap" $N 52:54:00:40:00:02 52:54:00:40:00:01 7
+  python3 "$HERE/net_pcap.py" sniff "$TAP" "$D/tapgot.pcap" 9 &
+  SN=$!
+  rm -f "$D/outu.pcap"
+  testpmd u 5 "" --vdev "net_pcap0,rx_pcap=$D/toup.pcap,tx_pcap=$D/outu.pcap" \
+    --vdev "net_virtio_user0,path=$D/u.sock,queue_size=1024" &
+  PU=$!
+  sleep 4.5
+  python3 "$HERE/net_pcap.py" inject "$TAP" "$D/fromup.pcap"
+  wait $PU $SN
+  cmpcap "$D/toup.pcap" "$D/tapgot.pcap" && note "uplink: port -> tap, $N frames intact" || bad "uplink: port -> tap"
+  cmpcap "$D/fromup.pcap" "$D/outu.pcap" && note "uplink: tap -> port, $N frames intact" || bad "uplink: tap -> port"
+  ctl switch list | grep -A3 "switch up"
+  ctl remove-uplink "net_tap_t$$" || bad "remove-uplink"
+  ip link show "$TAP" >/dev/null 2>&1 && bad "the tap interface outlived its uplink"
+elif grep -q "without DPDK" "$D/uplink.txt"; then
+  note "uplink: SKIPPED (sluiced built without DPDK)"
+else
+  cat "$D/uplink.txt"; bad "add-uplink"
+fi
 
 # The daemon kept serving throughout and reports no refused messages.
 kill -0 $SPID || bad "sluiced died"

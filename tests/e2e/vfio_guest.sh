@@ -25,7 +25,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 GUEST=$WORK/guest
 mkdir -p "$WORK"
 bash "$HERE/setup-guest.sh" "$GUEST" || exit $?
-for b in "$EDU_BIN" "$PINBENCH" "$SLUICED" "$SLUICECTL" "$BLKBENCH" "$VIRTIO_VFIO"; do
+# Static programs, except sluiced when it was built with DPDK: its shared
+# libraries (and the loader) go into the initramfs with it.
+for b in "$EDU_BIN" "$PINBENCH" "$SLUICECTL" "$BLKBENCH" "$VIRTIO_VFIO"; do
   if readelf -l "$b" 2>/dev/null | grep -q INTERP; then echo "vfio_guest: $b is not static"; exit 77; fi
 done
 
@@ -46,6 +48,12 @@ done < "$dir/mods.host" > "$dir/root/tests/vfio-modules.txt"
 cp "$EDU_BIN" "$dir/root/bin/sluice-vfio-edu"
 cp "$PINBENCH" "$dir/root/bin/sluice-pinbench"
 cp "$SLUICED" "$dir/root/bin/sluiced"
+if readelf -l "$SLUICED" | grep -q INTERP; then
+  ldd "$SLUICED" | awk '/=> \//{print $3} /^\t\/.*ld-linux/{print $1}' | while read -r lib; do
+    mkdir -p "$dir/root$(dirname "$lib")"
+    cp -L "$lib" "$dir/root$lib"
+  done
+fi
 cp "$SLUICECTL" "$dir/root/bin/sluicectl"
 cp "$BLKBENCH" "$dir/root/bin/sluice-blkbench"
 cp "$VIRTIO_VFIO" "$dir/root/bin/sluice-virtio-vfio"
