@@ -64,11 +64,11 @@ run_suite "unit tests (gcc, -Werror)" build -Dwerror=true -Dbench=true
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 ASAN_OPTIONS=detect_leaks=1 \
 run_suite "unit tests under ASan+UBSan" build-asan -Dwerror=true -Dbench=false \
-  -Db_sanitize=address,undefined -Db_lundef=false
+  -Db_sanitize=address,undefined -Db_lundef=false -Ddpdk=disabled
 
 # The tests where threads meet (worker <-> control thread) under TSan.
 echo "== worker and device tests under ThreadSanitizer =="
-if setup build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Ddaemon=false -Dwerror=true \
+if setup build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Ddaemon=false -Ddpdk=disabled -Dwerror=true \
      -Dcpp_args=-Wno-tsan &&
    ninja -C build-tsan -j "$JOBS" tests/unit/blk_device_test tests/unit/vhost_test tests/unit/virtio_pci_test tests/unit/net_test \
      >build-tsan.build.log 2>&1; then
@@ -88,7 +88,7 @@ else
 fi
 
 echo "== fuzzing (libFuzzer, ${FUZZ_SECONDS}s per target) =="
-if CXX=clang++ setup build-fuzz -Dfuzz=true -Dtests=false -Dbench=false -Dwerror=true \
+if CXX=clang++ setup build-fuzz -Dfuzz=true -Dtests=false -Dbench=false -Ddpdk=disabled -Dwerror=true \
      -Db_sanitize=address,undefined -Db_lundef=false &&
    ninja -C build-fuzz -j "$JOBS" >build-fuzz.build.log 2>&1; then
   for target in build-fuzz/tests/fuzz/fuzz_*; do

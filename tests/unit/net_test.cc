@@ -58,10 +58,11 @@ struct Port {
 struct Rig {
   Worker worker{WorkerOptions{.name = "t", .poll_us = 100}};
   test::MockGuest g{{{0x100000, 64u << 20}}};
-  Switch sw{"t", worker, 300};
+  Switch sw;
   std::vector<std::unique_ptr<Port>> ports;
+  bool event_idx = false;
 
-  Rig() { EXPECT_TRUE(worker.start().ok()); }
+  explicit Rig(uint64_t aging_s = 300) : sw("t", worker, aging_s) { EXPECT_TRUE(worker.start().ok()); }
   ~Rig() {
     ports.clear();
     worker.stop();
@@ -76,7 +77,8 @@ struct Rig {
     p->hdr_len = p->dev->hdr_len();
     for (uint16_t i = 0; i < p->dev->max_queues(); ++i) {
       auto q = std::make_unique<Port::Q>();
-      test::QueueLayout l{.size = qsize, .in_order = in_order, .batching = p->dev->batching(i)};
+      test::QueueLayout l{.size = qsize, .event_idx = event_idx, .in_order = in_order,
+                          .batching = p->dev->batching(i)};
       q->drv = std::make_unique<test::MockDriver>(g, l);
       EXPECT_TRUE(q->q.configure(q->drv->device_config()).ok());
       EXPECT_TRUE(q->q.attach(g.table()).ok());
@@ -257,6 +259,44 @@ TEST(NetSwitch, AMovedMacFollowsItsNewPortAndARemovedPortIsForgotten) {
   r.ports.pop_back();  // b goes
   EXPECT_TRUE(r.sw.mac_table().empty());
   EXPECT_EQ(r.sw.ports().size(), 1u);
+}
+
+TEST(NetSwitch, AgedEntriesAreForgottenAndFramesFloodAgain) {
+  Rig r(/*aging_s=*/1);
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB));
+  Port& c = r.add(opts("c", kC));
+  for (Port* p : {&a, &b, &c}) r.post_rx(*p, 4, 2048);
+  r.send(a, eth_frame(kBcast, kA, 64, 1));
+  ASSERT_EQ(r.receive(b, 1).size(), 1u);
+  ASSERT_EQ(r.receive(c, 1).size(), 1u);
+  r.send(b, eth_frame(kA, kB, 64, 2));  // a is known: only a gets it
+  ASSERT_EQ(r.receive(a, 1).size(), 1u);
+  EXPECT_TRUE(r.receive(c, 1, 0, 100).empty());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1300));
+  EXPECT_TRUE(r.sw.mac_table().empty());
+  uint64_t flooded = r.sw.flooded();
+  r.send(b, eth_frame(kA, kB, 64, 3));  // aged out: flooded to a and c
+  EXPECT_EQ(r.receive(a, 1).size(), 1u);
+  EXPECT_EQ(r.receive(c, 1).size(), 1u);
+  EXPECT_EQ(r.sw.flooded(), flooded + 1);
+}
+
+TEST(NetDevice, EventIdxRingsCarryEveryFrame) {
+  Rig r;
+  r.event_idx = true;
+  uint64_t f = kModern | (1ull << virtq::kFEventIdx);
+  Port& a = r.add(opts("a", kA), f);
+  Port& b = r.add(opts("b", kB), f);
+  r.post_rx(b, 40, 2048);
+  for (int i = 0; i < 40; ++i) {
+    r.send(a, eth_frame(kB, kA, 60 + static_cast<size_t>(i), static_cast<uint8_t>(i)));
+    if (i % 10 == 9) std::this_thread::sleep_for(std::chrono::milliseconds(2));  // let the worker sleep between
+  }
+  auto got = r.receive(b, 40);
+  ASSERT_EQ(got.size(), 40u);
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_EQ(got[i].bytes, eth_frame(kB, kA, 60 + i, static_cast<uint8_t>(i)));
 }
 
 TEST(NetDevice, MalformedTransmitsAreCountedAndThePortKeepsWorking) {
