@@ -109,9 +109,24 @@ class NetQueue : public Pollable {
   void set_call_fd(int fd) { call_.store(fd, std::memory_order_relaxed); }
   void complete(Worker&, IoOp*, int) override {}
   void end_of_burst(Worker& w) override {
-    if (!dirty_) return;
+    if (publish_used()) {
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      signal_needed(w);
+    }
+  }
+  // Two-phase end of burst (see Pollable): one fence per worker burst, not
+  // one per queue.
+  bool two_phase() const override { return true; }
+  bool publish_used() override {
+    if (!dirty_) return false;
     dirty_ = false;
-    if (q_->flush()) w.signal(call_.load(std::memory_order_relaxed));
+    published_ = q_->publish();
+    return published_;
+  }
+  void signal_needed(Worker& w) override {
+    if (!published_) return;
+    published_ = false;
+    if (q_->notify_needed()) w.signal(call_.load(std::memory_order_relaxed));
   }
   int kick_fd() const override { return kick_; }
   bool arm() override {
@@ -135,6 +150,7 @@ class NetQueue : public Pollable {
   int kick_;
   std::atomic<int> call_;
   bool dirty_ = false;
+  bool published_ = false;
   bool quiescing_ = false;
   bool reported_broken_ = false;
 };

@@ -263,7 +263,7 @@ void SplitQueue::push_in_order(uint16_t head, uint32_t len) noexcept {
   ++pending_bufs_;
 }
 
-bool SplitQueue::flush() noexcept {
+bool SplitQueue::publish() noexcept {
   if (!running()) return false;
   if (cfg_.in_order) {
     // 2.7.9 in-order: each element is written at the slot of the first buffer
@@ -280,20 +280,30 @@ bool SplitQueue::flush() noexcept {
     npending_ = 0;
   }
   if (pending_bufs_ == 0) return false;
-  uint16_t old = used_idx_;
+  notify_old_ = used_idx_;
   used_idx_ = shadow_used_;
   pending_bufs_ = 0;
   ++stats_.flushes;
   // Release: the elements written above are visible before the new index.
   store_release<uint16_t>(used_ + kUsedIdxOff, used_idx_);
+  return true;
+}
+
+bool SplitQueue::notify_needed() noexcept {
+  if (!running()) return false;
+  if (cfg_.event_idx) {
+    uint16_t event = load_relaxed<uint16_t>(avail_ + avail_entry_off(size_));
+    return need_event(event, used_idx_, notify_old_);
+  }
+  return (load_relaxed<uint16_t>(avail_) & kAvailFNoInterrupt) == 0;
+}
+
+bool SplitQueue::flush() noexcept {
+  if (!publish()) return false;
   // Full fence: our used->idx store must be ordered before we read the
   // driver's used_event/flags, or both sides can miss each other (2.7.10).
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (cfg_.event_idx) {
-    uint16_t event = load_relaxed<uint16_t>(avail_ + avail_entry_off(size_));
-    return need_event(event, used_idx_, old);
-  }
-  return (load_relaxed<uint16_t>(avail_) & kAvailFNoInterrupt) == 0;
+  return notify_needed();
 }
 
 void SplitQueue::set_kick_notification(bool enable) noexcept {

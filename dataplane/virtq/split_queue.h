@@ -121,16 +121,35 @@ class alignas(64) SplitQueue {
       return broken_;
     return r != 0;
   }
-  // In-order queues: prefetches the first buffer of the chain `ahead`
-  // chains past the next one (counted as single-descriptor chains: a guess,
-  // only a hint), for reading or (write) for writing, and the descriptor line
-  // 16 entries further on. Hides the cache misses of the chains a burst is
-  // about to pop; a hostile value can only waste a prefetch.
+  // Prefetches what the chains `ahead` pops from now will touch, so that a
+  // burst's cache misses overlap instead of queueing one per chain. A hint
+  // only: values read here are not trusted (a wrong one wastes a prefetch,
+  // the pop still checks everything). In-order queues know the heads
+  // (counted as single-descriptor chains): the descriptor line 16 entries on
+  // and the buffer of the chain `ahead` on. Other queues go through the avail
+  // ring in stages: its entry 2 * ahead on, the descriptor named by the entry
+  // `ahead` on (cached by then), the buffer of the one ahead / 2 on. Buffers
+  // are fetched for reading or (write) owned for writing, two lines each.
   void prefetch_ahead(uint16_t ahead, bool write) noexcept {
-    if (ahead == 0 || !cfg_.in_order || !head_known_ || desc_ == nullptr) return;
-    __builtin_prefetch(desc_ + static_cast<size_t>((next_avail_head_ + ahead + 16) & mask_) * sizeof(Desc));
-    if (static_cast<uint16_t>(shadow_avail_ - last_avail_) <= ahead) return;
-    const std::byte* d = desc_ + static_cast<size_t>((next_avail_head_ + ahead) & mask_) * sizeof(Desc);
+    if (desc_ == nullptr) return;
+    uint16_t known = static_cast<uint16_t>(shadow_avail_ - last_avail_);
+    uint16_t buf_head;
+    if (cfg_.in_order) {
+      if (!head_known_) return;
+      __builtin_prefetch(desc_ + static_cast<size_t>((next_avail_head_ + ahead + 16) & mask_) * sizeof(Desc));
+      if (known <= ahead) return;
+      buf_head = static_cast<uint16_t>(next_avail_head_ + ahead);
+    } else {
+      __builtin_prefetch(avail_ + avail_entry_off((last_avail_ + 2 * ahead) & mask_));
+      if (known > ahead) {
+        uint16_t h = load_relaxed<uint16_t>(avail_ + avail_entry_off((last_avail_ + ahead) & mask_));
+        __builtin_prefetch(desc_ + static_cast<size_t>(h & mask_) * sizeof(Desc));
+      }
+      uint16_t half = static_cast<uint16_t>(ahead / 2);
+      if (half == 0 || known <= half) return;
+      buf_head = load_relaxed<uint16_t>(avail_ + avail_entry_off((last_avail_ + half) & mask_));
+    }
+    const std::byte* d = desc_ + static_cast<size_t>(buf_head & mask_) * sizeof(Desc);
     uint64_t len = 1;
     std::byte* p = memp_->translate(load_relaxed<uint64_t>(d), &len, hint_);
     if (p == nullptr) return;
@@ -143,6 +162,17 @@ class alignas(64) SplitQueue {
       __builtin_prefetch(p + 64, 0);
     }
   }
+  // The start of a burst: reads the avail index if every chain seen so far
+  // was popped, then prefetches the first `n` chains (see prefetch_ahead).
+  void prefetch_burst(uint16_t n, bool write) noexcept {
+    if (desc_ == nullptr || broken() || (cfg_.in_order && !head_known_)) return;
+    if (last_avail_ == shadow_avail_) {
+      uint16_t idx = load_acquire<uint16_t>(avail_ + kAvailIdxOff);
+      if (static_cast<uint16_t>(idx - last_avail_) > size_) return;  // pop() will break the queue
+      shadow_avail_ = idx;
+    }
+    for (uint16_t k = 0; k < n; ++k) prefetch_ahead(k, write);
+  }
   // PREFETCHW: the line arrives owned, so the stores that follow need no
   // second round trip. GCC emits it only with -mprfchw; CPUs without it
   // execute it as a NOP.
@@ -152,17 +182,6 @@ class alignas(64) SplitQueue {
 #else
     __builtin_prefetch(p, 1);
 #endif
-  }
-  // The start of a burst: reads the avail index if every chain seen so far
-  // was popped, then prefetches the first `n` chains (see prefetch_ahead).
-  void prefetch_burst(uint16_t n, bool write) noexcept {
-    if (!cfg_.in_order || !head_known_ || desc_ == nullptr || broken()) return;
-    if (last_avail_ == shadow_avail_) {
-      uint16_t idx = load_acquire<uint16_t>(avail_ + kAvailIdxOff);
-      if (static_cast<uint16_t>(idx - last_avail_) > size_) return;  // pop() will break the queue
-      shadow_avail_ = idx;
-    }
-    for (uint16_t k = 0; k < n; ++k) prefetch_ahead(k, write);
   }
   // Gives back the last `nbufs` popped chains, which occupied `ndescs` table
   // entries in all: both the avail cursor and the in-order head cursor rewind.
@@ -194,6 +213,13 @@ class alignas(64) SplitQueue {
   // Returns true when the driver asked to be interrupted (EVENT_IDX or the
   // NO_INTERRUPT flag, 2.7.7.2).
   bool flush() noexcept;
+  // flush() in two halves, for a caller that publishes several queues and
+  // pays for one full fence between the halves: publish() makes the
+  // completions visible (false: there were none); after the caller's
+  // seq_cst fence, notify_needed() says whether the driver asked to be
+  // interrupted for what publish() made visible.
+  bool publish() noexcept;
+  bool notify_needed() noexcept;
   // Kick suppression (2.7.10): with enable, asks the driver to kick for the
   // next buffer (then re-check with has_available() to close the race).
   void set_kick_notification(bool enable) noexcept;
@@ -232,6 +258,7 @@ class alignas(64) SplitQueue {
   uint16_t last_avail_ = 0;    // next avail ring entry to read
   uint16_t shadow_avail_ = 0;  // last avail->idx we read
   uint16_t used_idx_ = 0;      // used->idx as published
+  uint16_t notify_old_ = 0;    // used->idx before the last publish()
   uint16_t shadow_used_ = 0;   // used index including unflushed completions
   uint16_t next_avail_head_ = 0;  // in-order: derived head of the next chain
   bool head_known_ = false;       // in-order: false until the first pop after set_base

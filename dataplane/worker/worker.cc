@@ -195,7 +195,20 @@ void Worker::reap() {
 }
 
 void Worker::end_burst() {
-  for (Pollable* p : pollables_) p->end_of_burst(*this);
+  bool published = false;
+  for (Pollable* p : pollables_) {
+    if (p->two_phase())
+      published |= p->publish_used();
+    else
+      p->end_of_burst(*this);
+  }
+  if (published) {
+    // One fence for every two-phase queue: their used indexes are stored
+    // before any of them reads its driver's interrupt suppression (2.7.10).
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    for (Pollable* p : pollables_)
+      if (p->two_phase()) p->signal_needed(*this);
+  }
   for (int fd : to_signal_) {
     uint64_t one = 1;
     (void)!::write(fd, &one, sizeof one);

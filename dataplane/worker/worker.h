@@ -48,6 +48,14 @@ class Pollable {
   virtual void complete(Worker& w, IoOp* op, int res) = 0;
   // End of a burst: publish completions, ask for interrupts via w.signal().
   virtual void end_of_burst(Worker& w) = 0;
+  // Optional, instead of end_of_burst: the worker calls publish_used() on
+  // every pollable that has it, issues one full fence for all of them, then
+  // signal_needed() on those that published (each decides on interrupts).
+  // A queue's own fence per burst otherwise waits for all the stores the
+  // burst made into guest memory, once per queue. Default: not two-phase.
+  virtual bool two_phase() const { return false; }
+  virtual bool publish_used() { return false; }
+  virtual void signal_needed(Worker&) {}
   // The eventfd that announces new work, or -1.
   virtual int kick_fd() const = 0;
   // Before sleeping: ask the driver for kicks; false if work is already there.
