@@ -241,7 +241,9 @@ class Daemon {
   std::map<std::string, std::unique_ptr<net::DpdkUplink>> uplinks_;
 #endif
   std::map<std::string, UplinkSpec> uplink_specs_;
+#ifdef SLUICE_HAVE_DPDK
   bool eal_started_ = false;
+#endif
   std::optional<unix_socket::acceptor> api_;
   std::unique_ptr<MetricsServer> metrics_;
   std::map<std::string, Attachment> attached_;  // export id -> where it is attached
