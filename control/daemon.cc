@@ -604,7 +604,7 @@ void Daemon::add_net(const NetSpec& spec) {
 
 void Daemon::add_uplink(const UplinkSpec& spec) {
 #ifdef SLUICE_HAVE_DPDK
-  if (uplink_specs_.count(spec.name)) throw std::runtime_error("an uplink named '" + spec.name + "' exists");
+  if (uplinks_.count(spec.name)) throw std::runtime_error("an uplink named '" + spec.name + "' exists");
   std::string err;
   // EAL probes no PCI device unless told which: the first uplink's, if it is
   // one, or those allowed in --dpdk-args (-a ADDR).
@@ -630,18 +630,16 @@ void Daemon::add_uplink(const UplinkSpec& spec) {
   LOG_INFO("daemon", "uplink %s: DPDK port %u (%s, %s) on switch %s", spec.name.c_str(), u.value()->port_id(),
            u.value()->driver().c_str(), net::format_mac(u.value()->mac()).c_str(), spec.sw.c_str());
   uplinks_[spec.name] = std::move(u.value());
-  uplink_specs_[spec.name] = spec;
 #else
   throw std::runtime_error("uplink " + spec.name + ": sluiced was built without DPDK (meson -Ddpdk=enabled, libdpdk-dev)");
 #endif
 }
 
 void Daemon::remove_uplink(const std::string& name) {
-  if (!uplink_specs_.count(name)) throw std::runtime_error("no uplink named '" + name + "'");
 #ifdef SLUICE_HAVE_DPDK
-  uplinks_.erase(name);
+  if (uplinks_.erase(name) == 0)
 #endif
-  uplink_specs_.erase(name);
+    throw std::runtime_error("no uplink named '" + name + "'");
   LOG_INFO("daemon", "uplink %s removed", name.c_str());
 }
 
@@ -1101,7 +1099,6 @@ void Daemon::shutdown() {
 #ifdef SLUICE_HAVE_DPDK
   uplinks_.clear();
 #endif
-  uplink_specs_.clear();
   switches_.clear();  // after their ports
   vfio_.clear();  // after the exports: their sessions' memory leaves the IOMMU first
   for (auto& w : workers_) w->stop();

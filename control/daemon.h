@@ -240,7 +240,6 @@ class Daemon {
 #ifdef SLUICE_HAVE_DPDK
   std::map<std::string, std::unique_ptr<net::DpdkUplink>> uplinks_;
 #endif
-  std::map<std::string, UplinkSpec> uplink_specs_;
 #ifdef SLUICE_HAVE_DPDK
   bool eal_started_ = false;
 #endif

@@ -17,6 +17,17 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return out;
 }
 
+// An export's id and socket path, as every spec takes them.
+std::string checked_id(const std::string& val) {
+  if (val.empty() || val.find_first_of(" /\t") != std::string::npos)
+    throw SpecError("id: must be non-empty, without spaces or '/'");
+  return val;
+}
+std::string checked_path(const std::string& val) {
+  if (val.empty() || val.size() >= 108) throw SpecError("path: must be 1..107 characters (a unix socket path)");
+  return val;
+}
+
 uint64_t parse_uint(const std::string& key, const std::string& v, uint64_t max) {
   if (v.empty() || v.size() > 20) throw SpecError(key + ": expected a number, got '" + v + "'");
   uint64_t x = 0;
@@ -82,12 +93,9 @@ BlkSpec parse_blk_spec(const std::string& text) {
     } else if (eq == std::string::npos) {
       throw SpecError("'" + key + "': expected key=value");
     } else if (key == "id") {
-      if (val.empty() || val.find_first_of(" /\t") != std::string::npos)
-        throw SpecError("id: must be non-empty, without spaces or '/'");
-      s.id = val;
+      s.id = checked_id(val);
     } else if (key == "path") {
-      if (val.empty() || val.size() >= 108) throw SpecError("path: must be 1..107 characters (a unix socket path)");
-      s.path = val;
+      s.path = checked_path(val);
       have_path = true;
     } else if (key == "file") {
       if (val.empty()) throw SpecError("file: empty");
@@ -174,12 +182,9 @@ NetSpec parse_net_spec(const std::string& text) {
     if (eq == std::string::npos) throw SpecError("'" + item + "': expected key=value");
     std::string key = item.substr(0, eq), val = item.substr(eq + 1);
     if (key == "id") {
-      if (val.empty() || val.find_first_of(" /\t") != std::string::npos)
-        throw SpecError("id: must be non-empty, without spaces or '/'");
-      s.id = val;
+      s.id = checked_id(val);
     } else if (key == "path") {
-      if (val.empty() || val.size() >= 108) throw SpecError("path: must be 1..107 characters (a unix socket path)");
-      s.path = val;
+      s.path = checked_path(val);
       have_path = true;
     } else if (key == "switch") {
       check_switch_name(val);

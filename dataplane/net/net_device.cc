@@ -138,6 +138,13 @@ class NetQueue : public Pollable {
   unsigned inflight() const override { return 0; }
 
  protected:
+  // The next chain, or false when the ring is empty or broken.
+  bool pop(virtq::Chain& c) {
+    auto r = q_->pop(c);
+    if (r.ok()) return r.value();
+    note_broken();
+    return false;
+  }
   // A broken ring is logged once; the queue stays stopped until restarted.
   void note_broken() {
     if (reported_broken_) return;
@@ -349,12 +356,7 @@ class NetTxQueue final : public NetQueue {
     uint64_t now = 0;
     if (dev_.opts_.mode != PortMode::kSink) q_->prefetch_burst(kPrefetch, false);
     while (n < budget) {
-      auto r = q_->pop(chain_);
-      if (!r.ok()) {
-        note_broken();
-        break;
-      }
-      if (!r.value()) break;
+      if (!pop(chain_)) break;
       ++n;
       if (dev_.opts_.mode != PortMode::kSink) q_->prefetch_ahead(kPrefetch, false);
       if (now == 0 && dev_.opts_.mode == PortMode::kSwitch) now = Switch::now_ns();
@@ -450,12 +452,7 @@ class NetCtrlQueue final : public NetQueue {
     if (quiescing_) return 0;
     unsigned n = 0;
     while (n < budget) {
-      auto r = q_->pop(chain_);
-      if (!r.ok()) {
-        note_broken();
-        break;
-      }
-      if (!r.value()) break;
+      if (!pop(chain_)) break;
       ++n;
       dirty_ = true;
       if (chain_.writable_bytes() == 0) {
