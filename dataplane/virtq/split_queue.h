@@ -129,8 +129,11 @@ class alignas(64) SplitQueue {
   // and the buffer of the chain `ahead` on. Other queues go through the avail
   // ring in stages: its entry 2 * ahead on, the descriptor named by the entry
   // `ahead` on (cached by then), the buffer of the one ahead / 2 on. Buffers
-  // are fetched for reading or (write) owned for writing, two lines each.
-  void prefetch_ahead(uint16_t ahead, bool write) noexcept {
+  // are fetched for reading or (write) owned for writing, two lines each;
+  // with `keep`, the buffer's first `keep` bytes (a header the caller
+  // rewrites only when it changed) are fetched for reading when they sit in
+  // a line of their own, and the two lines owned start after them.
+  void prefetch_ahead(uint16_t ahead, bool write, uint32_t keep = 0) noexcept {
     if (desc_ == nullptr) return;
     uint16_t known = static_cast<uint16_t>(shadow_avail_ - last_avail_);
     uint16_t buf_head;
@@ -155,8 +158,11 @@ class alignas(64) SplitQueue {
     if (p == nullptr) return;
     // Two lines: a small frame and its header usually straddle a line.
     if (write) {
-      prefetch_for_write(p);
-      prefetch_for_write(p + 64);
+      const std::byte* w = p + keep;
+      if (((reinterpret_cast<uintptr_t>(p) ^ reinterpret_cast<uintptr_t>(w)) & ~uintptr_t{63}) != 0)
+        __builtin_prefetch(p, 0);
+      prefetch_for_write(w);
+      prefetch_for_write(w + 64);
     } else {
       __builtin_prefetch(p, 0);
       __builtin_prefetch(p + 64, 0);
