@@ -265,6 +265,13 @@ void SplitQueue::push_in_order(uint16_t head, uint32_t len) noexcept {
 
 bool SplitQueue::publish() noexcept {
   if (!running()) return false;
+  // The notify decision after the caller's fence reads the driver's flags
+  // (or used_event); asking for that line now lets its transfer overlap the
+  // one the fence waits for (our used-index store), instead of following it.
+  // Coherence keeps the line current: a driver write after this invalidates
+  // it, and the read after the fence then fetches it again.
+  if (pending_bufs_ != 0)
+    __builtin_prefetch(cfg_.event_idx ? avail_ + avail_entry_off(size_) : avail_, 0);
   if (cfg_.in_order) {
     // 2.7.9 in-order: each element is written at the slot of the first buffer
     // it covers, and the used index skips forward by its head count.
