@@ -57,6 +57,7 @@ std::byte* MockGuest::host(uint64_t gpa) const {
 }
 
 void MockGuest::write(uint64_t gpa, std::span<const std::byte> data) const {
+  if (data.empty()) return;  // nothing to write (and memcpy from null is undefined)
   auto p = mem_.snapshot()->translate_exact(gpa, data.size());
   if (!p.ok()) die("write(): range not mapped");
   std::memcpy(p.value(), data.data(), data.size());
