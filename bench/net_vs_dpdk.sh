@@ -7,7 +7,10 @@
 #   loopback front-end mac fwd, `start tx_first 32` (DPDK DTS "vhost/virtio-user
 #            loopback") <-> back-end reflect (Sluice mode=reflect, DPDK macswap)
 # The figure is the front-end's packet rate (txonly: Tx-pps, the frames the
-# back-end took; otherwise Rx-pps) over SECONDS after a warm-up.
+# back-end took; otherwise Rx-pps) over SECONDS after a warm-up. For Sluice
+# the same seconds also give its worker's frames per poll (management API):
+# near the burst size (32) the back-end is the limit; a few frames per poll
+# means it spends most polls waiting for the front-end.
 #
 # CPUs: the back-end's polling thread on CPU 1 (sluiced --cpus 1; DPDK
 # --lcores 0@0,1@1) and the front-end's forwarding lcore on CPU 0 (--lcores
@@ -60,6 +63,21 @@ cleanup() {
 trap cleanup EXIT
 
 SOCK=$WORK/net.sock
+API=$WORK/api.sock
+SLUICECTL=$(dirname "$SLUICED")/sluicectl
+
+# sample: "polls frames" of Sluice's worker now, through the management API
+# (frames: per port the larger of its tx and rx packets, so that a reflected
+# frame counts once).
+sample() {
+  local w p
+  w=$("$SLUICECTL" --api "$API" --json workers 2>/dev/null) || return 0
+  p=$("$SLUICECTL" --api "$API" --json switch list 2>/dev/null) || return 0
+  python3 -c 'import json,sys
+w=json.loads(sys.argv[1]); s=json.loads(sys.argv[2])
+c=[q["counters"] for x in s for q in x["ports"]]
+print(sum(x["polls"] for x in w), sum(max(x["tx_packets"], x["rx_packets"]) for x in c))' "$w" "$p"
+}
 
 # back_start IMPL MODE SIZE: starts a back-end listening on $SOCK.
 back_start() {
@@ -69,7 +87,7 @@ back_start() {
     local m=sink extra=""
     [ "$mode" = rxonly ] && m=source && extra=",frame=$size"
     [ "$mode" = loopback ] && m=reflect
-    "$SLUICED" --no-api --cpus 1 --log-level warn \
+    "$SLUICED" --api "$API" --cpus 1 --log-level warn \
       --net "id=bench,path=$SOCK,mtu=9000,mode=$m$extra" > "$WORK/back.log" 2>&1 &
   else
     local f=rxonly
@@ -101,29 +119,45 @@ front() {
   [ "$mode" = rxonly ] && fwd=rxonly && field=Rx-pps
   [ "$mode" = loopback ] && fwd=mac && start="start tx_first 32" && field=Rx-pps
   local out
-  out=$( ( sleep 3; echo "$start"; sleep 2; echo "show port stats all"; sleep "$SECONDS_"; echo "show port stats all"; echo stop; echo quit ) | \
+  rm -f "$WORK/fpp"
+  out=$( ( sleep 3; echo "$start"; sleep 2; echo "show port stats all"
+           [ "${SAMPLE:-0}" = 1 ] && sample > "$WORK/fpp.0"
+           sleep "$SECONDS_"; echo "show port stats all"
+           [ "${SAMPLE:-0}" = 1 ] && sample > "$WORK/fpp.1"
+           echo stop; echo quit ) | \
     timeout -s INT $((SECONDS_ + 20)) dpdk-testpmd --lcores '0@1,1@0' --no-pci --file-prefix=slb-vu --huge-dir "$HUGE" \
       --single-file-segments --vdev "net_virtio_user0,path=$SOCK,queues=1,in_order=$io,mrg_rxbuf=$mrg" -- \
       -i --forward-mode=$fwd --txpkts=$size --nb-cores=1 --total-num-mbufs=32768 2>&1)
   echo "$out" | grep -E "$field" | tail -1 | awk -v f="$field:" '{for(i=1;i<=NF;i++) if($i==f) {printf "%.3f\n", $(i+1)/1e6; exit}}'
+  # Frames per poll of Sluice's worker over the measured seconds: near the
+  # burst size (32) the back-end is the limit, a few means it waits for the
+  # front-end.
+  if [ -s "$WORK/fpp.0" ] && [ -s "$WORK/fpp.1" ]; then
+    read -r p0 f0 < "$WORK/fpp.0"; read -r p1 f1 < "$WORK/fpp.1"
+    awk -v p=$((p1 - p0)) -v f=$((f1 - f0)) 'BEGIN{printf "%.1f\n", (p > 0 ? f / p : 0)}' > "$WORK/fpp"
+  fi
+  rm -f "$WORK/fpp.0" "$WORK/fpp.1"
 }
 
-printf "%-9s %-5s %-12s %10s %10s %8s %s\n" MODE SIZE RING "SLUICE" "DPDK" RATIO "(Mpps, medians of $ROUNDS alternating rounds; per-round ratios)" | tee "$OUT"
+printf "%-9s %-5s %-12s %10s %10s %8s %s\n" MODE SIZE RING "SLUICE" "DPDK" RATIO \
+  "(Mpps, medians of $ROUNDS alternating rounds; per-round ratios; fpp: frames per poll of Sluice's worker, median)" | tee "$OUT"
 for mode in $MODES; do
   for size in $SIZES; do
     for ring in $RINGS; do
-      s_all="" d_all="" r_all=""
+      s_all="" d_all="" r_all="" fpp_all=""
       for r in $(seq 1 "$ROUNDS"); do
         back_start sluice "$mode" "$size" || exit 1
-        s=$(front "$mode" "$size" "$ring"); back_stop
+        s=$(SAMPLE=1 front "$mode" "$size" "$ring"); back_stop
+        fpp_all="$fpp_all $(cat "$WORK/fpp" 2>/dev/null || echo 0)"
         back_start dpdk "$mode" "$size" || exit 1
         d=$(front "$mode" "$size" "$ring"); back_stop
         s=${s:-0} d=${d:-0}
         s_all="$s_all $s" d_all="$d_all $d" r_all="$r_all $(ratio "$s" "$d")"
       done
       sm=$(echo "$s_all" | median) dm=$(echo "$d_all" | median)
-      printf "%-9s %-5s %-12s %10.2f %10.2f %7.2fx  s:[%s] d:[%s] r:[%s]\n" "$mode" "$size" "$ring" "$sm" "$dm" \
-        "$(ratio "$sm" "$dm")" "${s_all# }" "${d_all# }" "$(echo "$r_all" | xargs -n1 printf '%.2f ' | sed 's/ $//')" | tee -a "$OUT"
+      printf "%-9s %-5s %-12s %10.2f %10.2f %7.2fx  s:[%s] d:[%s] r:[%s] fpp:%s\n" "$mode" "$size" "$ring" "$sm" "$dm" \
+        "$(ratio "$sm" "$dm")" "${s_all# }" "${d_all# }" "$(echo "$r_all" | xargs -n1 printf '%.2f ' | sed 's/ $//')" \
+        "$(echo "$fpp_all" | median)" | tee -a "$OUT"
     done
   done
 done
