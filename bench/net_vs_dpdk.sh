@@ -10,7 +10,9 @@
 # back-end took; otherwise Rx-pps) over SECONDS after a warm-up. For Sluice
 # the same seconds also give its worker's frames per poll (management API):
 # near the burst size (32) the back-end is the limit; a few frames per poll
-# means it spends most polls waiting for the front-end.
+# means it spends most polls waiting for the front-end. And each back-end's
+# own cost per frame: time in polls that moved frames over the frames
+# (Sluice: its worker's busy time; DPDK: testpmd --record-core-cycles).
 #
 # CPUs: the back-end's polling thread on CPU 1 (sluiced --cpus 1; DPDK
 # --lcores 0@0,1@1) and the front-end's forwarding lcore on CPU 0 (--lcores
@@ -66,7 +68,7 @@ SOCK=$WORK/net.sock
 API=$WORK/api.sock
 SLUICECTL=$(dirname "$SLUICED")/sluicectl
 
-# sample: "polls frames" of Sluice's worker now, through the management API
+# sample: "polls frames busy_ns" of Sluice's worker now, through the management API
 # (frames: per port the larger of its tx and rx packets, so that a reflected
 # frame counts once).
 sample() {
@@ -76,7 +78,8 @@ sample() {
   python3 -c 'import json,sys
 w=json.loads(sys.argv[1]); s=json.loads(sys.argv[2])
 c=[q["counters"] for x in s for q in x["ports"]]
-print(sum(x["polls"] for x in w), sum(max(x["tx_packets"], x["rx_packets"]) for x in c))' "$w" "$p"
+print(sum(x["polls"] for x in w), sum(max(x["tx_packets"], x["rx_packets"]) for x in c),
+      sum(x["busy_ns"] for x in w))' "$w" "$p"
 }
 
 # back_start IMPL MODE SIZE: starts a back-end listening on $SOCK.
@@ -87,7 +90,7 @@ back_start() {
     local m=sink extra=""
     [ "$mode" = rxonly ] && m=source && extra=",frame=$size"
     [ "$mode" = loopback ] && m=reflect
-    "$SLUICED" --api "$API" --cpus 1 --log-level warn \
+    "$SLUICED" --api "$API" --busy-time --cpus 1 --log-level warn \
       --net "id=bench,path=$SOCK,mtu=9000,mode=$m$extra" > "$WORK/back.log" 2>&1 &
   else
     local f=rxonly
@@ -95,7 +98,7 @@ back_start() {
     [ "$mode" = loopback ] && f=macswap
     dpdk-testpmd --lcores '0@0,1@1' --no-pci --file-prefix=slb-vh --huge-dir "$HUGE" \
       --vdev "net_vhost0,iface=$SOCK,queues=1" -- --forward-mode=$f --txpkts=$size \
-      --stats-period 1 --auto-start --nb-cores=1 --total-num-mbufs=32768 > "$WORK/back.log" 2>&1 &
+      --record-core-cycles --stats-period 1 --auto-start --nb-cores=1 --total-num-mbufs=32768 > "$WORK/back.log" 2>&1 &
   fi
   BACK_PID=$!
   wait_socket "$SOCK" || { echo "back-end $impl did not create its socket:" >&2; cat "$WORK/back.log" >&2; return 1; }
@@ -132,32 +135,40 @@ front() {
   # Frames per poll of Sluice's worker over the measured seconds: near the
   # burst size (32) the back-end is the limit, a few means it waits for the
   # front-end.
+  # Its busy time per frame: time in poll loops that found work, per frame.
   if [ -s "$WORK/fpp.0" ] && [ -s "$WORK/fpp.1" ]; then
-    read -r p0 f0 < "$WORK/fpp.0"; read -r p1 f1 < "$WORK/fpp.1"
-    awk -v p=$((p1 - p0)) -v f=$((f1 - f0)) 'BEGIN{printf "%.1f\n", (p > 0 ? f / p : 0)}' > "$WORK/fpp"
+    read -r p0 f0 b0 < "$WORK/fpp.0"; read -r p1 f1 b1 < "$WORK/fpp.1"
+    awk -v p=$((p1 - p0)) -v f=$((f1 - f0)) -v b=$((b1 - b0)) \
+      'BEGIN{printf "%.1f %.1f\n", (p > 0 ? f / p : 0), (f > 0 ? b / f : 0)}' > "$WORK/fpp"
   fi
   rm -f "$WORK/fpp.0" "$WORK/fpp.1"
 }
 
 printf "%-9s %-5s %-12s %10s %10s %8s %s\n" MODE SIZE RING "SLUICE" "DPDK" RATIO \
-  "(Mpps, medians of $ROUNDS alternating rounds; per-round ratios; fpp: frames per poll of Sluice's worker, median)" | tee "$OUT"
+  "(Mpps, medians of $ROUNDS alternating rounds; per-round ratios; fpp: frames per poll of Sluice's worker; busy-ns/frame: Sluice/DPDK back-end time per frame in polls that moved frames; medians)" | tee "$OUT"
 for mode in $MODES; do
   for size in $SIZES; do
     for ring in $RINGS; do
-      s_all="" d_all="" r_all="" fpp_all=""
+      s_all="" d_all="" r_all="" fpp_all="" sns_all="" dns_all=""
       for r in $(seq 1 "$ROUNDS"); do
         back_start sluice "$mode" "$size" || exit 1
         s=$(SAMPLE=1 front "$mode" "$size" "$ring"); back_stop
-        fpp_all="$fpp_all $(cat "$WORK/fpp" 2>/dev/null || echo 0)"
+        read -r fpp sns < "$WORK/fpp" 2>/dev/null || { fpp=0; sns=0; }
+        fpp_all="$fpp_all $fpp" sns_all="$sns_all $sns"
         back_start dpdk "$mode" "$size" || exit 1
         d=$(front "$mode" "$size" "$ring"); back_stop
+        # testpmd --record-core-cycles: "CPU cycles/packet=C (...) at M MHz Clock",
+        # counted over bursts that moved packets.
+        dns=$(grep -o 'CPU cycles/packet=[0-9.]* .* at [0-9]* MHz' "$WORK/back.log" | tail -1 |
+              sed -E 's/CPU cycles\/packet=([0-9.]+) .* at ([0-9]+) MHz/\1 \2/' | awk '{printf "%.1f\n", ($2 > 0 ? $1 * 1000 / $2 : 0)}')
+        dns_all="$dns_all ${dns:-0}"
         s=${s:-0} d=${d:-0}
         s_all="$s_all $s" d_all="$d_all $d" r_all="$r_all $(ratio "$s" "$d")"
       done
       sm=$(echo "$s_all" | median) dm=$(echo "$d_all" | median)
-      printf "%-9s %-5s %-12s %10.2f %10.2f %7.2fx  s:[%s] d:[%s] r:[%s] fpp:%s\n" "$mode" "$size" "$ring" "$sm" "$dm" \
+      printf "%-9s %-5s %-12s %10.2f %10.2f %7.2fx  s:[%s] d:[%s] r:[%s] fpp:%s busy-ns/frame:%s/%s\n" "$mode" "$size" "$ring" "$sm" "$dm" \
         "$(ratio "$sm" "$dm")" "${s_all# }" "${d_all# }" "$(echo "$r_all" | xargs -n1 printf '%.2f ' | sed 's/ $//')" \
-        "$(echo "$fpp_all" | median)" | tee -a "$OUT"
+        "$(echo "$fpp_all" | median)" "$(echo "$sns_all" | median)" "$(echo "$dns_all" | median)" | tee -a "$OUT"
     done
   done
 done

@@ -662,7 +662,9 @@ json::array Daemon::list() const {
 json::array Daemon::worker_stats() const {
   json::array a;
   for (auto& w : workers_)
-    a.push_back(json::object{{"name", w->name()}, {"polls", w->polls()}, {"sleeps", w->sleeps()}});
+    a.push_back(json::object{{"name", w->name()}, {"polls", w->polls()}, {"sleeps", w->sleeps()},
+                             {"busy_time", w->busy_time()}, {"busy_ns", w->busy_ns()},
+                             {"uptime_ns", w->uptime_ns()}});
   return a;
 }
 
@@ -985,6 +987,9 @@ std::string Daemon::metrics_text() const {
           up > sleep ? up - sleep : 0);
     m.add("sluice_worker_sleeps_total", "counter", "Times a worker went to sleep.", l,
           static_cast<double>(w->sleeps()));
+    if (w->busy_time())
+      m.add("sluice_worker_busy_seconds_total", "counter", "Time a worker spent in poll loops that found work.", l,
+            static_cast<double>(w->busy_ns()) / 1e9);
   }
   for (const VfioDomain& d : vfio_) {
     MetricsText::Labels l{{"group", std::to_string(d.group)}};
@@ -1007,6 +1012,7 @@ int Daemon::run() {
     WorkerOptions wo;
     wo.name = "worker" + std::to_string(i);
     wo.poll_us = opts_.poll_us;
+    wo.busy_time = opts_.busy_time;
     if (!opts_.cpus.empty()) wo.cpu = opts_.cpus[i % opts_.cpus.size()];
     auto w = std::make_unique<Worker>(wo);
     Status s = w->start();

@@ -170,6 +170,7 @@ struct DaemonOptions {
   unsigned workers = 1;
   std::vector<int> cpus;     // pin worker i to cpus[i % size]
   unsigned poll_us = 50;     // busy-poll this long after the last work before sleeping
+  bool busy_time = false;    // workers account their busy time (--busy-time)
   std::string metrics;       // "HOST:PORT" for Prometheus metrics over HTTP; empty: none
 };
 

@@ -388,12 +388,16 @@ int main(int argc, char** argv) {
   } else if (cmd == "switch" || cmd == "add-uplink" || cmd == "remove-uplink") {
     std::printf("ok: %s %s\n", method.c_str(), std::string(out.as_object().at("name").as_string()).c_str());
   } else if (cmd == "workers") {
-    std::printf("%-10s %14s %10s\n", "WORKER", "POLLS", "SLEEPS");
+    std::printf("%-10s %14s %10s %10s %10s\n", "WORKER", "POLLS", "SLEEPS", "BUSY", "UP");
     for (auto& w : out.as_array()) {
       auto& o = w.as_object();
-      std::printf("%-10s %14llu %10llu\n", std::string(o.at("name").as_string()).c_str(),
+      char busy[32] = "-";  // not kept without sluiced --busy-time
+      if (o.at("busy_time").as_bool())
+        std::snprintf(busy, sizeof busy, "%.2fs", o.at("busy_ns").to_number<double>() / 1e9);
+      std::printf("%-10s %14llu %10llu %10s %9.2fs\n", std::string(o.at("name").as_string()).c_str(),
                   static_cast<unsigned long long>(o.at("polls").to_number<uint64_t>()),
-                  static_cast<unsigned long long>(o.at("sleeps").to_number<uint64_t>()));
+                  static_cast<unsigned long long>(o.at("sleeps").to_number<uint64_t>()), busy,
+                  o.at("uptime_ns").to_number<double>() / 1e9);
     }
   } else if (cmd == "vmm") {
     if (out.as_array().empty()) std::printf("nothing attached to any VMM\n");

@@ -80,6 +80,9 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
   --cpus LIST       pin workers to these CPUs, e.g. 2,3
   --poll-us N       busy-poll N microseconds after the last request before
                     sleeping on the kick eventfds (default 50; 0 = never poll)
+  --busy-time       workers keep their busy time (poll loops that found work;
+                    `sluicectl workers`, metrics); costs a time-stamp read per
+                    loop, a few percent at full load
   --data-dir DIR    where the default image lives (default %s)
   --log-level L     error, warn, info (default) or debug
   --help            this text
@@ -160,6 +163,8 @@ int main(int argc, char** argv) {
             std::stoi(v) < 1)
           throw SpecError("--workers: expected a number >= 1");
         opts.workers = static_cast<unsigned>(std::stoi(v));
+      } else if (a == "--busy-time") {
+        opts.busy_time = true;
       } else if (a == "--poll-us") {
         std::string v = value();
         if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 7)

@@ -8,6 +8,10 @@
 #include <algorithm>
 #include <chrono>
 
+#if defined(__x86_64__)
+#include <x86intrin.h>
+#endif
+
 #include "dataplane/base/log.h"
 
 namespace sluice {
@@ -22,6 +26,18 @@ uint64_t now_us() {
 
 Worker::Worker(WorkerOptions opts) : opts_(std::move(opts)) {}
 
+namespace {
+// A cheap monotonic tick: the time-stamp counter on x86 (converted to ns
+// against the steady clock when read out), the steady clock elsewhere.
+inline uint64_t ticks() noexcept {
+#if defined(__x86_64__)
+  return __rdtsc();
+#else
+  return static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+#endif
+}
+}  // namespace
+
 Worker::~Worker() { stop(); }
 
 Status Worker::start() {
@@ -35,6 +51,7 @@ Status Worker::start() {
                         std::chrono::steady_clock::now().time_since_epoch())
                         .count(),
                     std::memory_order_relaxed);
+  tsc0_.store(ticks(), std::memory_order_relaxed);
   thread_ = std::thread([this] { run(); });
   return {};
 }
@@ -260,6 +277,14 @@ uint64_t Worker::uptime_ns() const noexcept {
   return static_cast<uint64_t>(now - t0);
 }
 
+uint64_t Worker::busy_ns() const noexcept {
+  uint64_t up = uptime_ns();
+  uint64_t elapsed = ticks() - tsc0_.load(std::memory_order_relaxed);
+  if (up == 0 || elapsed == 0) return 0;
+  double ns_per_tick = static_cast<double>(up) / static_cast<double>(elapsed);
+  return static_cast<uint64_t>(static_cast<double>(busy_ticks_.load(std::memory_order_relaxed)) * ns_per_tick);
+}
+
 bool Worker::any_inflight() const {
   for (Pollable* p : pollables_)
     if (p->inflight() != 0) return true;
@@ -277,6 +302,10 @@ void Worker::run() {
   // When the current idle stretch began (0: the last burst found work). The
   // clock is read only on idle bursts: a busy loop pays no clock read.
   uint64_t idle_since = 0;
+  // Busy-time accounting (opt-in): measured on a VM here, the time-stamp
+  // read every loop cost 5-10% of a full loopback's rate.
+  const bool busy_time = opts_.busy_time;
+  uint64_t loop_start = busy_time ? ticks() : 0;
   while (!stop_.load(std::memory_order_acquire)) {
     if (cmd_pending_.load(std::memory_order_acquire)) handle_commands();
     unsigned work = 0;
@@ -288,6 +317,13 @@ void Worker::run() {
     end_burst();
     if (!detaching_.empty()) finish_detaches();
     polls_.store(polls_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);  // one writer
+    if (busy_time) {
+      const uint64_t loop_end = ticks();
+      if (work > 0)
+        busy_ticks_.store(busy_ticks_.load(std::memory_order_relaxed) + (loop_end - loop_start),
+                          std::memory_order_relaxed);  // one writer
+      loop_start = loop_end;
+    }
     if (work > 0) {
       idle_since = 0;
       continue;
@@ -303,6 +339,7 @@ void Worker::run() {
       reap();
       end_burst();
       idle_since = 0;
+      if (busy_time) loop_start = ticks();  // the next loop's time starts after the sleep
     }
   }
 }

@@ -73,6 +73,7 @@ struct WorkerOptions {
   unsigned ring_entries = 256;
   unsigned burst = 32;          // requests per queue per burst
   unsigned poll_us = 50;        // busy-poll this long after the last work before sleeping
+  bool busy_time = false;       // keep busy_ns(): one time-stamp read per loop (a few % at full load)
 };
 
 class Worker {
@@ -104,6 +105,12 @@ class Worker {
   // since start; the rest is polling and request work.
   uint64_t sleep_ns() const noexcept { return sleep_ns_.load(std::memory_order_relaxed); }
   uint64_t uptime_ns() const noexcept;
+  // Nanoseconds spent in poll loops that found work (frames, requests,
+  // completions): the back-end's own cost, apart from polls that found
+  // nothing. Measured with the time-stamp counter, one read per loop, only
+  // with WorkerOptions::busy_time (0 otherwise).
+  uint64_t busy_ns() const noexcept;
+  bool busy_time() const noexcept { return opts_.busy_time; }
 
  private:
   struct KickPoll {
@@ -151,6 +158,8 @@ class Worker {
 
   std::atomic<uint64_t> sleeps_{0}, polls_{0}, sleep_ns_{0};
   std::atomic<int64_t> started_ns_{0};
+  // Time-stamp counter at start and summed over busy loops (see busy_ns()).
+  std::atomic<uint64_t> tsc0_{0}, busy_ticks_{0};
 };
 
 }  // namespace sluice

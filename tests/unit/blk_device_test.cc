@@ -37,7 +37,7 @@ std::string temp_path(const char* dir = "/tmp") {
 struct Rig {
   static inline const char* dir = "/tmp";  // tests may switch to a memory file system
   std::string path = temp_path(dir);
-  Worker worker{WorkerOptions{.name = "t", .poll_us = 200}};
+  Worker worker{WorkerOptions{.name = "t", .poll_us = 200, .busy_time = true}};
   std::unique_ptr<BlkDevice> dev;
   test::MockGuest g{{{0x100000, 32u << 20}}};
   struct Q {
@@ -282,6 +282,24 @@ TEST(BlkDevice, SleepsAndWakesOnKick) {
   uint64_t v = 0;
   EXPECT_EQ(::read(r.qs[0]->call.get(), &v, sizeof v), static_cast<ssize_t>(sizeof v));
   EXPECT_GE(v, 1u);
+}
+
+// Busy time counts the loops that found work, not idle polling or sleep.
+TEST(BlkDevice, BusyTimeCountsOnlyLoopsThatFoundWork) {
+  Rig r;
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));  // idle: polls, then sleeps
+  uint64_t idle_busy = r.worker.busy_ns();
+  EXPECT_LT(idle_busy, 5'000'000u);  // at most the start-up commands' loops
+  uint64_t buf = r.g.alloc(4096, 4096);
+  for (int i = 0; i < 8; ++i) {
+    uint64_t st = r.add(kTIn, 0, buf, 4096);
+    r.kick();
+    ASSERT_EQ(r.wait(1).size(), 1u);
+    EXPECT_EQ(r.status(st), kSOk);
+  }
+  uint64_t busy = r.worker.busy_ns();
+  EXPECT_GT(busy, idle_busy);
+  EXPECT_LT(busy, r.worker.uptime_ns());
 }
 
 }  // namespace
