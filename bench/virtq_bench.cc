@@ -26,10 +26,7 @@
 
 #include <benchmark/benchmark.h>
 
-#if defined(__x86_64__)
-#include <x86intrin.h>
-#endif
-
+#include "dataplane/base/tsc.h"
 #include "dataplane/virtq/split_queue.h"
 #include "tests/support/mock_guest.h"
 
@@ -141,15 +138,6 @@ void BM_RoundTrip(benchmark::State& state, bool in_order, uint16_t ndesc, uint16
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * batch);
 }
 
-// The time-stamp counter (constant rate on every x86 this runs on); other
-// architectures fall back to the steady clock.
-inline uint64_t read_tsc() noexcept {
-#if defined(__x86_64__)
-  return __rdtsc();
-#else
-  return static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-#endif
-}
 
 void pin_to_cpu(unsigned cpu) {
   if (std::thread::hardware_concurrency() <= cpu) return;

@@ -8,11 +8,8 @@
 #include <algorithm>
 #include <chrono>
 
-#if defined(__x86_64__)
-#include <x86intrin.h>
-#endif
-
 #include "dataplane/base/log.h"
+#include "dataplane/base/tsc.h"
 
 namespace sluice {
 
@@ -25,18 +22,6 @@ uint64_t now_us() {
 }  // namespace
 
 Worker::Worker(WorkerOptions opts) : opts_(std::move(opts)) {}
-
-namespace {
-// A cheap monotonic tick: the time-stamp counter on x86 (converted to ns
-// against the steady clock when read out), the steady clock elsewhere.
-inline uint64_t ticks() noexcept {
-#if defined(__x86_64__)
-  return __rdtsc();
-#else
-  return static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-#endif
-}
-}  // namespace
 
 Worker::~Worker() { stop(); }
 
@@ -51,7 +36,7 @@ Status Worker::start() {
                         std::chrono::steady_clock::now().time_since_epoch())
                         .count(),
                     std::memory_order_relaxed);
-  tsc0_.store(ticks(), std::memory_order_relaxed);
+  tsc0_.store(read_tsc(), std::memory_order_relaxed);
   thread_ = std::thread([this] { run(); });
   return {};
 }
@@ -279,7 +264,7 @@ uint64_t Worker::uptime_ns() const noexcept {
 
 uint64_t Worker::busy_ns() const noexcept {
   uint64_t up = uptime_ns();
-  uint64_t elapsed = ticks() - tsc0_.load(std::memory_order_relaxed);
+  uint64_t elapsed = read_tsc() - tsc0_.load(std::memory_order_relaxed);
   if (up == 0 || elapsed == 0) return 0;
   double ns_per_tick = static_cast<double>(up) / static_cast<double>(elapsed);
   return static_cast<uint64_t>(static_cast<double>(busy_ticks_.load(std::memory_order_relaxed)) * ns_per_tick);
@@ -305,7 +290,7 @@ void Worker::run() {
   // Busy-time accounting (opt-in): measured on a VM here, the time-stamp
   // read every loop cost 5-10% of a full loopback's rate.
   const bool busy_time = opts_.busy_time;
-  uint64_t loop_start = busy_time ? ticks() : 0;
+  uint64_t loop_start = busy_time ? read_tsc() : 0;
   while (!stop_.load(std::memory_order_acquire)) {
     if (cmd_pending_.load(std::memory_order_acquire)) handle_commands();
     unsigned work = 0;
@@ -318,7 +303,7 @@ void Worker::run() {
     if (!detaching_.empty()) finish_detaches();
     polls_.store(polls_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);  // one writer
     if (busy_time) {
-      const uint64_t loop_end = ticks();
+      const uint64_t loop_end = read_tsc();
       if (work > 0)
         busy_ticks_.store(busy_ticks_.load(std::memory_order_relaxed) + (loop_end - loop_start),
                           std::memory_order_relaxed);  // one writer
@@ -339,7 +324,7 @@ void Worker::run() {
       reap();
       end_burst();
       idle_since = 0;
-      if (busy_time) loop_start = ticks();  // the next loop's time starts after the sleep
+      if (busy_time) loop_start = read_tsc();  // the next loop's time starts after the sleep
     }
   }
 }
