@@ -86,6 +86,17 @@ inline void store_relaxed(std::byte* p, T v) {
   std::atomic_ref<T>(*reinterpret_cast<T*>(p)).store(v, std::memory_order_relaxed);
 }
 
+// Writes a used element, storing only the words that differ from what the
+// slot already holds. A driver that recycles its descriptors in ring order
+// gets the same element in a slot lap after lap; a line we do not write
+// stays valid in the driver's cache, so its read of the element is a hit
+// instead of a transfer from ours. The driver never writes the used ring, so
+// the load usually hits our own copy.
+inline void store_used_elem(std::byte* e, uint32_t id, uint32_t len) {
+  if (load_relaxed<uint32_t>(e) != id) store_relaxed<uint32_t>(e, id);
+  if (load_relaxed<uint32_t>(e + 4) != len) store_relaxed<uint32_t>(e + 4, len);
+}
+
 // Reads a descriptor of the (16-byte aligned) descriptor table exactly once:
 // two relaxed 64-bit loads, so no field can be re-read later.
 inline Desc read_table_desc(const std::byte* p) {

@@ -278,8 +278,7 @@ bool SplitQueue::publish() noexcept {
     uint16_t at = shadow_used_;
     for (uint32_t i = 0; i < npending_; ++i) {
       std::byte* e = used_ + used_entry_off(at & mask_);
-      store_relaxed<uint32_t>(e, pending_[i].id);
-      store_relaxed<uint32_t>(e + 4, pending_[i].len);
+      store_used_elem(e, pending_[i].id, pending_[i].len);
       at = static_cast<uint16_t>(at + nheads_[i]);
     }
     stats_.used_elems += npending_;

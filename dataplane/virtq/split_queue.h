@@ -209,8 +209,7 @@ class alignas(64) SplitQueue {
     }
     // Written straight into the ring; invisible until flush() moves used->idx.
     std::byte* e = used_ + used_entry_off(shadow_used_ & mask_);
-    store_relaxed<uint32_t>(e, head);
-    store_relaxed<uint32_t>(e + 4, len);
+    store_used_elem(e, head, len);
     ++shadow_used_;
     ++pending_bufs_;
     ++stats_.used_elems;
