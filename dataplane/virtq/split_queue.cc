@@ -188,6 +188,10 @@ Errc SplitQueue::walk_indirect(const Desc& d, Chain& c, bool& seen_write) {
   bool seen_write = false;
   uint16_t idx = head;
   uint32_t count = 0;
+  // The chain's size so far, kept in a register: re-reading c.bytes_ here
+  // would wait on the stores add() just made to a slot chosen by a flag
+  // loaded from the descriptor.
+  uint64_t total = 0;
   for (;;) {
     if (++count > size_) [[unlikely]]
       return fail(Errc::kChainTooLong);
@@ -195,11 +199,13 @@ Errc SplitQueue::walk_indirect(const Desc& d, Chain& c, bool& seen_write) {
     if (d.flags & kDescFIndirect) {
       Errc e = walk_indirect(d, c, seen_write);
       if (e != Errc::kOk) return fail(e);
+      total = c.bytes_[0] + c.bytes_[1];  // all the chain's buffers are in the table
       break;
     }
     Errc e = add_buffer(d, c, seen_write);
     if (e != Errc::kOk) [[unlikely]]
       return fail(e);
+    total += d.len;
     if (!(d.flags & kDescFNext)) break;
     if (d.next >= size_) [[unlikely]]
       return fail(Errc::kNextOutOfRange);
@@ -207,7 +213,7 @@ Errc SplitQueue::walk_indirect(const Desc& d, Chain& c, bool& seen_write) {
   }
   // 2.7.5: a chain is at most 4 GiB in total. Each descriptor is below 4 GiB
   // and a chain has at most 32768 + 1024 of them, so the sum cannot overflow.
-  if (c.bytes_[0] + c.bytes_[1] > UINT32_MAX) [[unlikely]]
+  if (total > UINT32_MAX) [[unlikely]]
     return fail(Errc::kChainTooLarge);
   c.table_descs_ = static_cast<uint16_t>(count);
   return {};

@@ -297,6 +297,18 @@ TEST(SplitQueueFault, ChainTooLarge) {
   r.expect_fault(Errc::kChainTooLarge);
 }
 
+TEST(SplitQueueFault, IndirectChainTooLarge) {
+  Rig r({}, {{0x100000, 16u << 20}, {0x100000000ull, (4ull << 30) + 4096}});
+  const Desc table[2] = {Desc{0x100000000ull, 0xC0000000u, kDescFNext, 1},
+                         Desc{0x100000000ull, 0x80000000u, 0, 0}};
+  uint64_t t = r.guest.alloc(sizeof table, 16);
+  r.guest.write(t, std::as_bytes(std::span(table)));
+  r.drv.poke_desc(0, Desc{t, sizeof table, kDescFIndirect, 0});
+  r.drv.poke_avail_entry(0, 0);
+  r.drv.poke_avail_idx(1);
+  r.expect_fault(Errc::kChainTooLarge);
+}
+
 TEST(SplitQueueFault, BrokenQueueStaysBrokenUntilReset) {
   Rig r;
   r.drv.poke_avail_idx(1000);
