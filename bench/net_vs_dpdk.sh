@@ -122,26 +122,24 @@ front() {
   [ "$mode" = rxonly ] && fwd=rxonly && field=Rx-pps
   [ "$mode" = loopback ] && fwd=mac && start="start tx_first 32" && field=Rx-pps
   local out
-  rm -f "$WORK/fpp"
+  rm -f "$WORK/cost"
   out=$( ( sleep 3; echo "$start"; sleep 2; echo "show port stats all"
-           [ "${SAMPLE:-0}" = 1 ] && sample > "$WORK/fpp.0"
+           [ "${SAMPLE:-0}" = 1 ] && sample > "$WORK/cost.0"
            sleep "$SECONDS_"; echo "show port stats all"
-           [ "${SAMPLE:-0}" = 1 ] && sample > "$WORK/fpp.1"
+           [ "${SAMPLE:-0}" = 1 ] && sample > "$WORK/cost.1"
            echo stop; echo quit ) | \
     timeout -s INT $((SECONDS_ + 20)) dpdk-testpmd --lcores '0@1,1@0' --no-pci --file-prefix=slb-vu --huge-dir "$HUGE" \
       --single-file-segments --vdev "net_virtio_user0,path=$SOCK,queues=1,in_order=$io,mrg_rxbuf=$mrg" -- \
       -i --forward-mode=$fwd --txpkts=$size --nb-cores=1 --total-num-mbufs=32768 2>&1)
   echo "$out" | grep -E "$field" | tail -1 | awk -v f="$field:" '{for(i=1;i<=NF;i++) if($i==f) {printf "%.3f\n", $(i+1)/1e6; exit}}'
-  # Frames per poll of Sluice's worker over the measured seconds: near the
-  # burst size (32) the back-end is the limit, a few means it waits for the
-  # front-end.
-  # Its busy time per frame: time in poll loops that found work, per frame.
-  if [ -s "$WORK/fpp.0" ] && [ -s "$WORK/fpp.1" ]; then
-    read -r p0 f0 b0 < "$WORK/fpp.0"; read -r p1 f1 b1 < "$WORK/fpp.1"
+  # Sluice's frames per poll and busy ns per frame over the measured seconds
+  # (see the top of this file).
+  if [ -s "$WORK/cost.0" ] && [ -s "$WORK/cost.1" ]; then
+    read -r p0 f0 b0 < "$WORK/cost.0"; read -r p1 f1 b1 < "$WORK/cost.1"
     awk -v p=$((p1 - p0)) -v f=$((f1 - f0)) -v b=$((b1 - b0)) \
-      'BEGIN{printf "%.1f %.1f\n", (p > 0 ? f / p : 0), (f > 0 ? b / f : 0)}' > "$WORK/fpp"
+      'BEGIN{printf "%.1f %.1f\n", (p > 0 ? f / p : 0), (f > 0 ? b / f : 0)}' > "$WORK/cost"
   fi
-  rm -f "$WORK/fpp.0" "$WORK/fpp.1"
+  rm -f "$WORK/cost.0" "$WORK/cost.1"
 }
 
 printf "%-9s %-5s %-12s %10s %10s %8s %s\n" MODE SIZE RING "SLUICE" "DPDK" RATIO \
@@ -153,7 +151,7 @@ for mode in $MODES; do
       for r in $(seq 1 "$ROUNDS"); do
         back_start sluice "$mode" "$size" || exit 1
         s=$(SAMPLE=1 front "$mode" "$size" "$ring"); back_stop
-        read -r fpp sns < "$WORK/fpp" 2>/dev/null || { fpp=0; sns=0; }
+        read -r fpp sns < "$WORK/cost" 2>/dev/null || { fpp=0; sns=0; }
         fpp_all="$fpp_all $fpp" sns_all="$sns_all $sns"
         back_start dpdk "$mode" "$size" || exit 1
         d=$(front "$mode" "$size" "$ring"); back_stop

@@ -138,7 +138,6 @@ void BM_RoundTrip(benchmark::State& state, bool in_order, uint16_t ndesc, uint16
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * batch);
 }
 
-
 void pin_to_cpu(unsigned cpu) {
   if (std::thread::hardware_concurrency() <= cpu) return;
   cpu_set_t set;
