@@ -54,9 +54,11 @@ for p in ga gb; do
   # guest sent before this one's driver was up) and a few no_rx_buffer (a
   # TCG guest refilling its ring slower than a TCP burst arrives; CI saw 1
   # in 6000). Loss in the measured exchange is the ping check above; any
-  # other drop reason is a fault.
+  # other drop reason is a fault. Each port carries at least the 200 ICMP
+  # frames of the two ping runs each way (its pings and its answers); the
+  # rest (the stream's ACKs) varies with TCP's delayed ACKs (CI saw 486).
   check "port $p counted traffic both ways, no faulty drops, back-pressure drops under 1%" \
-    "python3 -c 'import json,sys; s=json.load(open(\"$D/$p.json\")); d=s[\"drops\"]; d.pop(\"rx_not_ready\"); nb=d.pop(\"no_rx_buffer\"); sys.exit(0 if s[\"tx_packets\"]>500 and s[\"rx_packets\"]>500 and sum(d.values())==0 and nb*100<s[\"rx_packets\"] else 1)'"
+    "python3 -c 'import json,sys; s=json.load(open(\"$D/$p.json\")); d=s[\"drops\"]; d.pop(\"rx_not_ready\"); nb=d.pop(\"no_rx_buffer\"); sys.exit(0 if s[\"tx_packets\"]>=200 and s[\"rx_packets\"]>=200 and sum(d.values())==0 and nb*100<s[\"rx_packets\"] else 1)'"
 done
 check "sluiced exited 0 on SIGTERM (rc=$RD)" "[ $RD -eq 0 ]"
 if [ $fail -ne 0 ]; then
