@@ -10,6 +10,7 @@
 #include "control/paths.h"
 #include "control/spec.h"
 #include "dataplane/base/log.h"
+#include "dataplane/virtq/split_queue.h"
 
 using namespace sluice;
 using namespace sluice::control;
@@ -83,6 +84,10 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
   --busy-time       workers keep their busy time (poll loops that found work;
                     `sluicectl workers`, metrics); costs a time-stamp read per
                     loop, a few percent at full load
+  --no-cache-demote completions on plain split rings stay in the worker's
+                    caches, not demoted to the shared cache (CLDEMOTE) for
+                    the driver to read; for a driver on the worker CPU's
+                    SMT sibling
   --data-dir DIR    where the default image lives (default %s)
   --log-level L     error, warn, info (default) or debug
   --help            this text
@@ -165,6 +170,8 @@ int main(int argc, char** argv) {
         opts.workers = static_cast<unsigned>(std::stoi(v));
       } else if (a == "--busy-time") {
         opts.busy_time = true;
+      } else if (a == "--no-cache-demote") {
+        sluice::virtq::SplitQueue::set_cache_demote(false);
       } else if (a == "--poll-us") {
         std::string v = value();
         if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 7)

@@ -1,5 +1,6 @@
 #include "dataplane/virtq/split_queue.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include "dataplane/base/log.h"
@@ -269,6 +270,16 @@ void SplitQueue::push_in_order(uint16_t head, uint32_t len) noexcept {
   ++pending_bufs_;
 }
 
+namespace {
+void demote_line(const std::byte* p) noexcept {
+#if defined(__x86_64__)
+  asm volatile("cldemote %0" : : "m"(*p));
+#else
+  (void)p;
+#endif
+}
+}  // namespace
+
 bool SplitQueue::publish() noexcept {
   if (!running()) return false;
   // The notify decision after the caller's fence reads the driver's flags
@@ -298,7 +309,29 @@ bool SplitQueue::publish() noexcept {
   ++stats_.flushes;
   // Release: the elements written above are visible before the new index.
   store_release<uint16_t>(used_ + kUsedIdxOff, used_idx_);
+  if (!cfg_.in_order && cache_demote()) demote_used(notify_old_, used_idx_);
   return true;
+}
+
+// The lines the elements of used entries [from, to) were written to, except
+// the line entry `to` starts in (the next publish writes it again: getting
+// it back from the shared cache cost more than the driver's read saved),
+// then the index's line, which the driver polls.
+void SplitQueue::demote_used(uint16_t from, uint16_t to) const noexcept {
+  const uint16_t n = static_cast<uint16_t>(to - from);
+  const uint16_t first = from & mask_;
+  const uint16_t run = std::min<uint16_t>(n, static_cast<uint16_t>(size_ - first));
+  const std::byte* stop = used_ + used_entry_off(to & mask_);  // not demoted
+  const auto stop_line = reinterpret_cast<uintptr_t>(stop) & ~uintptr_t{63};
+  auto lines = [&](uint16_t at, uint16_t count) {
+    auto a = reinterpret_cast<uintptr_t>(used_ + used_entry_off(at)) & ~uintptr_t{63};
+    const auto end = reinterpret_cast<uintptr_t>(used_ + used_entry_off(at)) + size_t{count} * sizeof(UsedElem);
+    for (; a < end; a += 64)
+      if (a != stop_line) demote_line(reinterpret_cast<const std::byte*>(a));
+  };
+  lines(first, run);
+  if (run < n) lines(0, static_cast<uint16_t>(n - run));
+  demote_line(used_ + kUsedIdxOff);
 }
 
 bool SplitQueue::notify_needed() noexcept {
