@@ -193,9 +193,9 @@ class alignas(64) SplitQueue {
   // Whether publish() demotes the used-ring lines it wrote (CLDEMOTE): a
   // line moves from this core's private caches to the shared one, where the
   // driver's read finds it instead of snooping this core. Plain queues only:
-  // measured against dpdk-testpmd's virtio-user, 64 B split plain rxonly
-  // gained 16-22% and loopback 3-6%, while in-order queues gained nothing
-  // (rxonly, txonly) or lost up to 11% (loopback). A hint: a NOP on CPUs
+  // measured against dpdk-testpmd's virtio-user at 64 B, plain rxonly
+  // gained 14-31% and plain loopback 0-8%, while in-order queues gained
+  // nothing (rxonly, txonly) or lost 11% (loopback). A hint: a NOP on CPUs
   // without it. Off suits a driver on this core's SMT sibling, which shares
   // the private caches. Process-wide; set before queues run.
   static void set_cache_demote(bool on) noexcept { cache_demote_.store(on, std::memory_order_relaxed); }
