@@ -321,12 +321,11 @@ void SplitQueue::demote_used(uint16_t from, uint16_t to) const noexcept {
   const uint16_t n = static_cast<uint16_t>(to - from);
   const uint16_t first = from & mask_;
   const uint16_t run = std::min<uint16_t>(n, static_cast<uint16_t>(size_ - first));
-  const std::byte* stop = used_ + used_entry_off(to & mask_);  // not demoted
-  const auto stop_line = reinterpret_cast<uintptr_t>(stop) & ~uintptr_t{63};
+  const auto addr = [&](uint16_t i) { return reinterpret_cast<uintptr_t>(used_ + used_entry_off(i)); };
+  const uintptr_t stop_line = addr(to & mask_) & ~uintptr_t{63};  // not demoted
   auto lines = [&](uint16_t at, uint16_t count) {
-    auto a = reinterpret_cast<uintptr_t>(used_ + used_entry_off(at)) & ~uintptr_t{63};
-    const auto end = reinterpret_cast<uintptr_t>(used_ + used_entry_off(at)) + size_t{count} * sizeof(UsedElem);
-    for (; a < end; a += 64)
+    const uintptr_t end = addr(at) + size_t{count} * sizeof(UsedElem);
+    for (uintptr_t a = addr(at) & ~uintptr_t{63}; a < end; a += 64)
       if (a != stop_line) demote_line(reinterpret_cast<const std::byte*>(a));
   };
   lines(first, run);
