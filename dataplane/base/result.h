@@ -112,12 +112,19 @@ struct Error {
   friend constexpr bool operator==(const Error& a, Errc b) { return a.code == b; }
 };
 
+// A value constructor takes exactly T (after dropping references and const),
+// never something that merely converts to it: `return -1;` in a function
+// returning Result<bool> is a compile error, not a silent `true`.
+template <class U, class T>
+concept ExactlyT = std::is_same_v<std::remove_cvref_t<U>, T>;
+
 // Result<T>: either a T or an Error. Deliberately small: no exceptions, no
 // monadic helpers beyond what the code uses.
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T v) : v_(std::in_place_index<0>, std::move(v)) {}        // NOLINT
+  template <ExactlyT<T> U>
+  Result(U&& v) : v_(std::in_place_index<0>, std::forward<U>(v)) {}  // NOLINT
   Result(Error e) : v_(std::in_place_index<1>, e) {}               // NOLINT
   Result(Errc c) : v_(std::in_place_index<1>, Error(c)) {}         // NOLINT
 
@@ -142,7 +149,8 @@ template <class T>
   requires(std::is_trivially_copyable_v<T> && std::is_default_constructible_v<T>)
 class [[nodiscard]] Result<T> {
  public:
-  Result(T v) : v_(v) {}                // NOLINT
+  template <ExactlyT<T> U>
+  Result(U v) : v_(v) {}                // NOLINT
   Result(Error e) : e_(e) {}            // NOLINT
   Result(Errc c) : e_(Error(c)) {}      // NOLINT
 

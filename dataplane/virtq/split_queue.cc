@@ -281,7 +281,7 @@ void demote_line(const std::byte* p) noexcept {
 }  // namespace
 
 bool SplitQueue::publish() noexcept {
-  if (!running()) return false;
+  if (!running() || broken()) return false;
   // The notify decision after the caller's fence reads the driver's flags
   // (or used_event); asking for that line now lets its transfer overlap the
   // one the fence waits for (our used-index store), instead of following it.
@@ -377,10 +377,10 @@ bool SplitQueue::has_available() noexcept {
 Result<bool> SplitQueue::pop_head(uint16_t head, Chain& c) {
   if (broken()) return broken_;
   if (!running()) return Errc::kQueueNotReady;
-  if (head >= size_) return (void)fail(Errc::kHeadOutOfRange), -1;
-  if (Status w = walk_chain(head, c); !w.ok()) return -1;  // walk_chain broke the queue
+  if (head >= size_) return fail(Errc::kHeadOutOfRange);
+  if (Status w = walk_chain(head, c); !w.ok()) return w.error();  // walk_chain broke the queue
   ++stats_.popped;
-  return 1;
+  return true;
 }
 
 template int SplitQueue::pop_impl<true>(Chain&);

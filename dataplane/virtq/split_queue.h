@@ -204,8 +204,9 @@ class alignas(64) SplitQueue {
   // entries in all: both the avail cursor and the in-order head cursor rewind.
   void discard(uint16_t nbufs, uint16_t ndescs) noexcept;
   // Records a completion; nothing is visible to the driver until flush().
+  // A broken queue takes none: the driver must reset it (2.1.2).
   void push(uint16_t head, uint32_t len) noexcept {
-    if (!running()) [[unlikely]]
+    if (!running() || broken()) [[unlikely]]
       return;
     ++stats_.pushed;
     if (cfg_.in_order) {

@@ -319,6 +319,56 @@ TEST(SplitQueueFault, BrokenQueueStaysBrokenUntilReset) {
   EXPECT_FALSE(r.q.broken());
 }
 
+// pop_head (inflight resubmission by head) reports a malformed chain as the
+// error it is: it once answered `true`, and a broken queue ran half a chain.
+static_assert(!std::is_constructible_v<Result<bool>, int>, "no -1 -> true");
+static_assert(!std::is_convertible_v<int, Result<bool>>);
+static_assert(!std::is_convertible_v<int, Result<uint64_t>>);
+static_assert(std::is_convertible_v<bool, Result<bool>> && std::is_convertible_v<Errc, Result<bool>>);
+
+TEST(SplitQueueFault, PopHeadOfMalformedChainIsAnError) {
+  Rig r;
+  uint64_t buf = r.guest.alloc(64);
+  r.drv.poke_desc(3, Desc{buf, 64, kDescFNext, 300});
+  auto p = r.q.pop_head(3, r.c);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error(), Errc::kNextOutOfRange);
+  EXPECT_TRUE(r.q.broken());
+  auto q = r.q.pop_head(300, r.c);  // head out of range, on a broken queue: still the first reason
+  ASSERT_FALSE(q.ok());
+  EXPECT_EQ(q.error(), Errc::kNextOutOfRange);
+}
+
+TEST(SplitQueueFault, PopHeadOutOfRange) {
+  Rig r;
+  auto p = r.q.pop_head(256, r.c);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.error(), Errc::kHeadOutOfRange);
+  EXPECT_TRUE(r.q.broken());
+}
+
+// A broken queue never writes the used ring again: completions of requests
+// popped before it broke are dropped, and the used index stays where it was.
+TEST(SplitQueueFault, BrokenQueueAcceptsNoPush) {
+  for (bool in_order : {false, true}) {
+    Rig r(QueueLayout{.in_order = in_order});
+    r.drv.add_chain({}, k64);
+    r.drv.ring().publish();
+    auto p = r.q.pop(r.c);
+    ASSERT_TRUE(p.ok() && p.value());
+    uint16_t head = r.c.head();
+    r.drv.poke_avail_idx(1000);
+    EXPECT_FALSE(r.q.pop(r.c).ok());
+    ASSERT_TRUE(r.q.broken());
+    r.q.push(head, 64);
+    EXPECT_EQ(r.q.pending_buffers(), 0u);
+    EXPECT_FALSE(r.q.flush());
+    EXPECT_EQ(r.q.ring_used_idx(), 0);
+    (void)r.q.stop();
+    EXPECT_EQ(r.drv.peek_used_idx(), 0);
+  }
+}
+
 // --- notifications (2.7.7, 2.7.10)
 TEST(SplitQueueNotify, NoInterruptFlagWithoutEventIdx) {
   Rig r;
