@@ -111,7 +111,9 @@ Status parse_request(virtq::Chain& c, const DiskLimits& limits, Request& r) {
           rd_len / sizeof(DiscardSegment) > max_segs)
         return Errc::kBlkBadSegments;
       r.nsegs = static_cast<uint32_t>(rd_len / sizeof(DiscardSegment));
-      gather(c.readable(), sizeof h, r.segs, rd_len);  // one copy, then only our copy is used
+      // From the segments as trimmed above: the header is already off the
+      // front, also where it shared a descriptor with the first segment.
+      gather({rd + rd_first, nrd - rd_first}, 0, r.segs, rd_len);  // one copy; only ours is used
       for (uint32_t i = 0; i < r.nsegs; ++i) {
         const DiscardSegment& s = r.segs[i];
         // 5.2.6.2: unmap is only meaningful for write zeroes; unknown flags
