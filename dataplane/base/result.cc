@@ -20,6 +20,8 @@ std::string_view errc_name(Errc e) noexcept {
     case Errc::kQueueRingNotContiguous: return "queue-ring-not-contiguous";
     case Errc::kQueueNotReady: return "queue-not-ready";
     case Errc::kQueueBroken: return "queue-broken";
+    case Errc::kGuestMemoryFault: return "guest-memory-fault";
+    case Errc::kGuestMemoryPoisoned: return "guest-memory-poisoned";
     case Errc::kAvailIndexTooFar: return "avail-index-too-far";
     case Errc::kHeadOutOfRange: return "head-out-of-range";
     case Errc::kNextOutOfRange: return "next-out-of-range";

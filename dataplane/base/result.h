@@ -32,6 +32,8 @@ enum class Errc : uint16_t {
   kQueueRingNotContiguous,
   kQueueNotReady,
   kQueueBroken,
+  kGuestMemoryFault,     // an access to guest memory faulted (SIGBUS: no page, hardware poison)
+  kGuestMemoryPoisoned,  // a request touches a page that faulted before
   // virtqueue: guest-controlled values (each marks the queue broken)
   kAvailIndexTooFar,     // avail idx more than queue size ahead of last_avail
   kHeadOutOfRange,       // avail ring entry >= queue size

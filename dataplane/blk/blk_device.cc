@@ -51,11 +51,7 @@ class BlkQueue final : public Pollable {
       bool again = next_resubmit_ < resubmit_.size();
       auto r = again ? q_->pop_head(resubmit_[next_resubmit_++], s.chain) : q_->pop(s.chain);
       if (!r.ok()) {
-        if (!reported_broken_) {
-          reported_broken_ = true;
-          st_.errors.fetch_add(1, std::memory_order_relaxed);
-          st_.broken.store(true, std::memory_order_relaxed);
-        }
+        note_broken();
         break;  // the queue is broken (sticky); it is reported by its own log line
       }
       if (!r.value()) break;
@@ -65,13 +61,15 @@ class BlkQueue final : public Pollable {
       if (!again) inflight_.begin(s.chain.head());
       start(w, idx);
     }
-    return n;
+    return n;  // faults start() did not take are the worker's to hand back (on_guest_fault)
   }
 
   void complete(Worker& w, IoOp* op, int res) override {
     uint32_t idx = op->tag >> 8, seg = op->tag & 0xff;
     Slot& s = slots_[idx];
     uint32_t type = s.req.type;
+    if (res == -EFAULT || (res == -EIO && q_->memory_poisoned())) [[unlikely]]
+      st_.guest_faults.fetch_add(1, std::memory_order_relaxed);  // the kernel met the fault
     if (res < 0) {
       if (res == -EOPNOTSUPP && type == kTWriteZeroes && !s.punch) {
         // ZERO_RANGE is not supported here (tmpfs): punching a hole reads
@@ -110,6 +108,10 @@ class BlkQueue final : public Pollable {
   void quiesce() override { quiescing_ = true; }
   unsigned inflight() const override { return inflight_count_; }
   void set_call_fd(int fd) { call_.store(fd, std::memory_order_relaxed); }
+  // Faults in this queue's accesses that start() did not take: a ring that
+  // read as zeroes (empty, or malformed), a status byte, GET_ID's copy, the
+  // inflight region.
+  void on_guest_fault() override { (void)take_faults(); }
 
  private:
   struct Slot {
@@ -129,6 +131,14 @@ class BlkQueue final : public Pollable {
     s.punch = false;
     st_.requests.fetch_add(1, std::memory_order_relaxed);
     Status p = parse_request(s.chain, dev_.limits_, s.req);
+    // Guest memory that faulted: the header we just read, or a page that
+    // faulted before (the kernel would read our zero page in its place).
+    if (fault::pending() || q_->memory_poisoned()) [[unlikely]] {
+      if (request_faulted(s)) {
+        finish(idx, kSIoErr);
+        return;
+      }
+    }
     if (!p.ok()) {
       finish(idx, status_for(p.error().code));  // counted as an error there
       return;
@@ -200,6 +210,37 @@ class BlkQueue final : public Pollable {
       default:
         finish(idx, kSUnsupp);  // parse_request refuses these; kept for safety
     }
+  }
+
+  // The thread's pending faults: pages recorded as poisoned, the queue
+  // broken when they hit its rings or the inflight region.
+  virtq::SplitQueue::FaultHit take_faults() {
+    auto hit = q_->take_faults();
+    if (hit == virtq::SplitQueue::FaultHit::kOutside && !q_->broken())
+      q_->mark_broken(Errc::kGuestMemoryFault);  // our inflight bookkeeping is gone
+    if (q_->broken()) note_broken();
+    return hit;
+  }
+
+  // Whether a request must fail because of guest memory faults: one during
+  // its parse, or a buffer on a page that faulted before.
+  bool request_faulted(const Slot& s) {
+    bool failed = false;
+    if (fault::pending()) failed = take_faults() != virtq::SplitQueue::FaultHit::kNone;
+    failed = failed || (q_->memory_poisoned() && q_->chain_poisoned(s.chain));
+    if (failed) st_.guest_faults.fetch_add(1, std::memory_order_relaxed);
+    return failed;
+  }
+
+  // Publishes why the queue is broken (again when a fault turns out to be
+  // the cause of what looked like a malformed ring); counted once.
+  void note_broken() {
+    st_.fault_gpa.store(q_->fault_gpa(), std::memory_order_relaxed);
+    st_.broken_reason.store(q_->broken_reason().code, std::memory_order_relaxed);
+    st_.broken.store(true, std::memory_order_relaxed);
+    if (reported_broken_) return;
+    reported_broken_ = true;
+    st_.errors.fetch_add(1, std::memory_order_relaxed);
   }
 
   void submit_fallocate(Worker& w, Slot& s, uint32_t seg, int mode) {

@@ -79,6 +79,11 @@ struct BlkQueueStats {
   std::atomic<uint64_t> batch_hist[kBatchBuckets] = {};
   std::atomic<uint64_t> batch_sum{0};
   std::atomic<bool> broken{false};  // the guest broke the ring (sticky until restart)
+  std::atomic<Errc> broken_reason{Errc::kOk};
+  std::atomic<uint64_t> fault_gpa{0};  // where a guest memory fault broke the ring (0: none)
+  // Requests failed because their guest memory faulted (now or before: a
+  // poisoned page), in our accesses or the kernel's (EFAULT).
+  std::atomic<uint64_t> guest_faults{0};
   void record_batch(uint64_t n) noexcept {
     unsigned b = 0;
     while (b + 1 < kBatchBuckets && n > (uint64_t{1} << b)) ++b;

@@ -1,6 +1,9 @@
 #include "dataplane/memory/guest_memory.h"
 
 #include <linux/magic.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
@@ -13,8 +16,10 @@
 
 namespace sluice {
 
-MemoryTable::MemoryTable(std::vector<GuestRegion> sorted_regions)
-    : regions_(std::move(sorted_regions)) {}
+MemoryTable::MemoryTable(std::vector<GuestRegion> sorted_regions,
+                         std::shared_ptr<fault::PoisonList> poison)
+    : regions_(std::move(sorted_regions)),
+      poison_(poison ? std::move(poison) : std::make_shared<fault::PoisonList>()) {}
 
 const GuestRegion* MemoryTable::no_region() noexcept {
   static const GuestRegion kNone{};
@@ -55,6 +60,14 @@ Result<uint64_t> MemoryTable::user_to_guest(uint64_t uva) const noexcept {
   return Errc::kAddressNotMapped;
 }
 
+Result<uint64_t> MemoryTable::host_to_guest(const void* host) const noexcept {
+  const auto* h = static_cast<const std::byte*>(host);
+  for (const GuestRegion& r : regions_)
+    if (h >= r.host && static_cast<uint64_t>(h - r.host) < r.size)
+      return r.guest_phys + static_cast<uint64_t>(h - r.host);
+  return Errc::kAddressNotMapped;
+}
+
 Status validate_region_spec(const RegionSpec& spec) {
   if (spec.size == 0) return Errc::kRegionZeroSize;
   uint64_t end;
@@ -71,7 +84,13 @@ Status validate_region_spec(const RegionSpec& spec) {
   if (S_ISREG(st.st_mode)) {
     if (spec.mmap_offset + spec.size > static_cast<uint64_t>(st.st_size))
       return Errc::kRegionPastEndOfFile;
-  } else if (!S_ISCHR(st.st_mode) && !S_ISBLK(st.st_mode)) {
+  } else if (S_ISBLK(st.st_mode)) {
+    // A block device has a size too (st_size is 0 for it): a region past
+    // its end faults on first touch.
+    uint64_t bytes = 0;
+    if (::ioctl(spec.fd.get(), BLKGETSIZE64, &bytes) != 0) return Error(Errc::kRegionBadFd, errno);
+    if (spec.mmap_offset + spec.size > bytes) return Errc::kRegionPastEndOfFile;
+  } else if (!S_ISCHR(st.st_mode)) {
     return Errc::kRegionBadFd;  // a socket, pipe or directory cannot be guest RAM
   }
   return {};
@@ -105,10 +124,14 @@ Result<GuestRegion> GuestMemory::map_region(RegionSpec& spec) const {
   (void)::fstat(spec.fd.get(), &st);
   auto backing = std::make_shared<RegionBacking>();
   backing->mapping = std::move(m.value());
+  // Faults in the mapping (the front-end shrinks the file, a page is
+  // poisoned) are survived, not fatal: see guest_fault.h.
+  backing->guard = fault::Guard(backing->mapping.data(), backing->mapping.size(), page);
   backing->mmap_offset = spec.mmap_offset;
   backing->dev = st.st_dev;
   backing->ino = st.st_ino;
   backing->fd = std::move(spec.fd);
+  const int r_fd_for_seals = backing->fd.get();
   GuestRegion r;
   r.guest_phys = spec.guest_phys;
   r.size = spec.size;
@@ -116,6 +139,8 @@ Result<GuestRegion> GuestMemory::map_region(RegionSpec& spec) const {
   r.host = backing->mapping.data() + slack;
   r.page_size = page;
   r.hugetlbfs = huge;
+  int seals = ::fcntl(r_fd_for_seals, F_GET_SEALS);
+  r.sealed = seals > 0 && (seals & F_SEAL_SHRINK) != 0;
   r.backing = std::move(backing);
   return r;
 }
@@ -213,7 +238,23 @@ Status GuestMemory::remove_region(uint64_t guest_phys, uint64_t size, uint64_t u
 void GuestMemory::clear() { (void)publish({}); }
 
 Status GuestMemory::publish(std::vector<GuestRegion> regions) {
-  auto next = std::make_shared<const MemoryTable>(std::move(regions));
+  // Poisoned pages of mappings that go away are forgotten: the next mapping
+  // may get the same host addresses.
+  const fault::PoisonList& old_poison = *poison_;
+  bool keep_all = true;
+  auto still_mapped = [&](uintptr_t host) {
+    return std::any_of(regions.begin(), regions.end(), [&](const GuestRegion& r) {
+      return host - reinterpret_cast<uintptr_t>(r.host) < r.size;
+    });
+  };
+  for (uint32_t i = 0; i < old_poison.size(); ++i) keep_all &= still_mapped(old_poison.at(i).host);
+  if (!keep_all) {
+    auto fresh = std::make_shared<fault::PoisonList>();
+    for (uint32_t i = 0; i < old_poison.size(); ++i)
+      if (still_mapped(old_poison.at(i).host)) (void)fresh->add(old_poison.at(i));
+    poison_ = std::move(fresh);
+  }
+  auto next = std::make_shared<const MemoryTable>(std::move(regions), poison_);
   auto old = table_.exchange(next, std::memory_order_acq_rel);
   if (listeners_.empty()) return {};
   std::vector<GuestRegion> added, removed;

@@ -18,6 +18,7 @@
 #include "dataplane/base/mapped_region.h"
 #include "dataplane/base/result.h"
 #include "dataplane/base/unique_fd.h"
+#include "dataplane/memory/guest_fault.h"
 
 namespace sluice {
 
@@ -35,6 +36,7 @@ struct RegionSpec {
 // is unchanged (a re-sent SET_MEM_TABLE does not remap).
 struct RegionBacking {
   MappedRegion mapping;
+  fault::Guard guard;  // after mapping: unregistered before it is unmapped
   UniqueFd fd;
   uint64_t mmap_offset = 0;
   uint64_t dev = 0, ino = 0;  // identity of the backing file
@@ -48,6 +50,7 @@ struct GuestRegion {
   std::byte* host = nullptr;    // host address of guest_phys
   uint64_t page_size = 0;       // backing page size (hugetlbfs: the huge page size)
   bool hugetlbfs = false;
+  bool sealed = false;          // the file is sealed against shrinking (memfd F_SEAL_SHRINK)
   std::shared_ptr<const RegionBacking> backing;
 
   bool contains_gpa(uint64_t gpa) const noexcept { return gpa - guest_phys < size; }
@@ -58,8 +61,10 @@ struct GuestRegion {
 // last-hit check followed by a binary search: O(log n).
 class MemoryTable {
  public:
-  MemoryTable() = default;
-  explicit MemoryTable(std::vector<GuestRegion> sorted_regions);
+  MemoryTable() : MemoryTable(std::vector<GuestRegion>{}) {}
+  // poison: the list shared with the tables before this one (null: a new one).
+  explicit MemoryTable(std::vector<GuestRegion> sorted_regions,
+                       std::shared_ptr<fault::PoisonList> poison = nullptr);
 
   // Host span for [gpa, gpa+len): the contiguous part that is mapped starting
   // at gpa. *len is shrunk at a region edge. Returns nullptr (and leaves *len)
@@ -92,6 +97,11 @@ class MemoryTable {
   Result<std::byte*> translate_user_exact(uint64_t uva, uint64_t len) const noexcept;
   // Front-end user address to guest physical address.
   Result<uint64_t> user_to_guest(uint64_t uva) const noexcept;
+  // Host address (inside a region's mapping) to guest physical address.
+  Result<uint64_t> host_to_guest(const void* host) const noexcept;
+  // Pages of this memory that faulted (shared by the tables of one
+  // GuestMemory while their mappings live): never used again.
+  fault::PoisonList& poison() const noexcept { return *poison_; }
 
   std::span<const GuestRegion> regions() const noexcept { return regions_; }
   const GuestRegion* find(uint64_t gpa) const noexcept {
@@ -103,6 +113,7 @@ class MemoryTable {
  private:
   const GuestRegion* find_slow(uint64_t gpa) const noexcept;
   std::vector<GuestRegion> regions_;
+  std::shared_ptr<fault::PoisonList> poison_;
   // A hint only: a relaxed atomic so concurrent readers of one table are
   // race-free; it is written only on a miss.
   mutable std::atomic<uint32_t> last_hit_{0};
@@ -154,6 +165,9 @@ class GuestMemory {
 
   std::atomic<std::shared_ptr<const MemoryTable>> table_;
   std::vector<MemoryListener*> listeners_;
+  // Faulted pages, by host address: kept across tables while their mapping
+  // lives, dropped with it (a later mapping may reuse the address).
+  std::shared_ptr<fault::PoisonList> poison_ = std::make_shared<fault::PoisonList>();
 };
 
 // Checks one spec without mapping it: zero size, overflow, fd, file size.

@@ -47,6 +47,7 @@ Status SplitQueue::configure(const QueueConfig& cfg) {
   desc_ = avail_ = used_ = nullptr;
   mem_.reset();
   memp_ = nullptr;
+  poison_ = nullptr;
   return {};
 }
 
@@ -68,6 +69,7 @@ Status SplitQueue::attach(std::shared_ptr<const MemoryTable> mem) {
   avail_ = a.value();
   used_ = u.value();
   memp_ = mem.get();
+  poison_ = &mem->poison();
   hint_ = MemoryTable::no_region();
   mem_ = std::move(mem);
   return {};
@@ -106,6 +108,7 @@ uint16_t SplitQueue::stop() {
   desc_ = avail_ = used_ = nullptr;
   mem_.reset();
   memp_ = nullptr;
+  poison_ = nullptr;
   return last_avail_;
 }
 
@@ -116,6 +119,8 @@ void SplitQueue::reset() noexcept {
   desc_ = avail_ = used_ = nullptr;
   mem_.reset();
   memp_ = nullptr;
+  poison_ = nullptr;
+  fault_gpa_ = 0;
   last_avail_ = shadow_avail_ = used_idx_ = shadow_used_ = next_avail_head_ = 0;
   head_known_ = false;
   pending_bufs_ = 0;
@@ -381,6 +386,49 @@ Result<bool> SplitQueue::pop_head(uint16_t head, Chain& c) {
   if (Status w = walk_chain(head, c); !w.ok()) return w.error();  // walk_chain broke the queue
   ++stats_.popped;
   return true;
+}
+
+bool SplitQueue::chain_poisoned(const Chain& c) const noexcept {
+  if (poison_ == nullptr) return false;
+  for (const iovec& v : c.all())
+    if (poison_->touches(v.iov_base, v.iov_len)) return true;
+  return false;
+}
+
+SplitQueue::FaultHit SplitQueue::take_faults() noexcept {
+  fault::Fault fs[fault::ThreadFaults::kRecent];
+  const size_t n = fault::take(fs);
+  FaultHit worst = FaultHit::kNone;
+  const auto in = [](uintptr_t a, const std::byte* base, size_t len) {
+    return base != nullptr && a - reinterpret_cast<uintptr_t>(base) < len;
+  };
+  for (size_t i = 0; i < n; ++i) {
+    const fault::Fault& f = fs[i];
+    auto gpa = memp_ != nullptr ? memp_->host_to_guest(reinterpret_cast<const void*>(f.addr))
+                                : Result<uint64_t>(Errc::kAddressNotMapped);
+    const std::string_view why = fault::cause_name(f.cause);
+    if (gpa.ok()) {
+      const uint64_t page_gpa = gpa.value() - (f.addr - f.page);
+      if (poison_->add({page_gpa, f.page, f.page_size, f.cause}))
+        LOG_WARN("memory", "guest page at gpa 0x%llx (%llu bytes) faulted: %.*s; not used again",
+                 static_cast<unsigned long long>(page_gpa), static_cast<unsigned long long>(f.page_size),
+                 static_cast<int>(why.size()), why.data());
+    }
+    const bool ring = in(f.addr, desc_, desc_table_bytes(size_)) ||
+                      in(f.addr, avail_, avail_ring_bytes(size_)) ||
+                      in(f.addr, used_, used_ring_bytes(size_));
+    if (ring) {
+      if (fault_gpa_ == 0) {
+        fault_gpa_ = gpa.ok() ? gpa.value() : 0;
+        fault_cause_ = f.cause;
+        broken_ = Error(Errc::kGuestMemoryFault);  // the true reason, whatever was seen first
+        LOG_WARN("virtq", "queue broken: guest-memory-fault at gpa 0x%llx (%.*s)",
+                 static_cast<unsigned long long>(fault_gpa_), static_cast<int>(why.size()), why.data());
+      }
+    }
+    worst = std::max(worst, ring ? FaultHit::kRing : gpa.ok() ? FaultHit::kBuffer : FaultHit::kOutside);
+  }
+  return worst;
 }
 
 template int SplitQueue::pop_impl<true>(Chain&);

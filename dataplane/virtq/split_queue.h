@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "dataplane/base/result.h"
+#include "dataplane/memory/guest_fault.h"
 #include "dataplane/memory/guest_memory.h"
 #include "dataplane/virtq/chain.h"
 #include "dataplane/virtq/ring.h"
@@ -243,6 +244,31 @@ class alignas(64) SplitQueue {
   // True when the driver has made buffers available that we have not popped.
   bool has_available() noexcept;
 
+  // --- Guest memory that faults (dataplane/memory/guest_fault.h).
+  // Whether a page of this queue's memory has faulted before: one load, so
+  // request paths test it first and look at their chain only when it is set.
+  bool memory_poisoned() const noexcept { return poison_ != nullptr && !poison_->empty(); }
+  // Whether a chain's buffers touch a page that faulted.
+  bool chain_poisoned(const Chain& c) const noexcept;
+  enum class FaultHit : uint8_t {  // in rising order of severity
+    kNone,     // no fault since `since`
+    kBuffer,   // a page of this queue's guest memory (a request's buffer)
+    kOutside,  // an address outside this queue's memory (an inflight region)
+    kRing,     // this queue's rings: the queue is broken
+  };
+  // Takes this thread's pending faults (fault::take()), which accesses made
+  // for this queue: each fault's page inside this queue's memory goes on the
+  // memory's poison list (one log line per new page), and a fault on the
+  // rings breaks the queue (kGuestMemoryFault, whatever broke it first:
+  // a faulted ring reads as zeroes and may look malformed). Returns the
+  // worst hit.
+  FaultHit take_faults() noexcept;
+  // Breaks the queue for a reason found outside it (sticky, like a ring error).
+  void mark_broken(Errc e) noexcept { (void)fail(e); }
+  // Where the fault that broke the queue was (0: none), and why.
+  uint64_t fault_gpa() const noexcept { return fault_gpa_; }
+  fault::Cause fault_cause() const noexcept { return fault_cause_; }
+
   uint16_t last_avail_idx() const noexcept { return last_avail_; }
   uint16_t used_idx() const noexcept { return used_idx_; }
   uint16_t next_avail_head() const noexcept { return next_avail_head_; }
@@ -270,6 +296,7 @@ class alignas(64) SplitQueue {
   uint16_t mask_ = 0;
   std::shared_ptr<const MemoryTable> mem_;
   const MemoryTable* memp_ = nullptr;
+  fault::PoisonList* poison_ = nullptr;  // mem_'s, while attached
   const GuestRegion* hint_ = MemoryTable::no_region();  // last region a buffer hit
   std::byte* desc_ = nullptr;
   std::byte* avail_ = nullptr;
@@ -292,6 +319,8 @@ class alignas(64) SplitQueue {
   uint32_t pending_bufs_ = 0;  // buffers
 
   Error broken_{};
+  uint64_t fault_gpa_ = 0;
+  fault::Cause fault_cause_ = fault::Cause::kOther;
   QueueStats stats_{};
 };
 

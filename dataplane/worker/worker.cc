@@ -136,6 +136,7 @@ void Worker::finish_detaches() {
       continue;
     }
     p->end_of_burst(*this);
+    settle_faults(p);
     pollables_.erase(std::remove(pollables_.begin(), pollables_.end(), p), pollables_.end());
     // Its kick poll may still be armed in the ring: orphan it (the completion
     // frees it) and ask the kernel to cancel it.
@@ -175,6 +176,7 @@ void Worker::reap() {
     if (op == nullptr) continue;  // a poll_remove's own completion
     if (op->owner != nullptr) {
       op->owner->complete(*this, op, cqe->res);
+      settle_faults(op->owner);
       continue;
     }
     // A kick or command poll. SAFETY: every IoOp with no owner is the first
@@ -203,13 +205,17 @@ void Worker::end_burst() {
       published |= p->publish_used();
     else
       p->end_of_burst(*this);
+    settle_faults(p);
   }
   if (published) {
     // One fence for every two-phase queue: their used indexes are stored
     // before any of them reads its driver's interrupt suppression (2.7.10).
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    for (Pollable* p : pollables_)
-      if (p->two_phase()) p->signal_needed(*this);
+    for (Pollable* p : pollables_) {
+      if (!p->two_phase()) continue;
+      p->signal_needed(*this);
+      settle_faults(p);
+    }
   }
   for (int fd : to_signal_) {
     uint64_t one = 1;
@@ -220,10 +226,16 @@ void Worker::end_burst() {
 
 void Worker::sleep() {
   size_t armed = 0;
-  for (; armed < pollables_.size(); ++armed)
-    if (!pollables_[armed]->arm()) break;
+  for (; armed < pollables_.size(); ++armed) {
+    const bool ok = pollables_[armed]->arm();
+    settle_faults(pollables_[armed]);
+    if (!ok) break;
+  }
   if (armed != pollables_.size()) {
-    for (size_t i = 0; i <= armed && i < pollables_.size(); ++i) pollables_[i]->disarm();
+    for (size_t i = 0; i <= armed && i < pollables_.size(); ++i) {
+      pollables_[i]->disarm();
+      settle_faults(pollables_[i]);
+    }
     return;  // work arrived while arming
   }
   for (auto& k : kicks_) {
@@ -250,7 +262,10 @@ void Worker::sleep() {
   } else {
     io_uring_submit(&ring_);
   }
-  for (Pollable* p : pollables_) p->disarm();
+  for (Pollable* p : pollables_) {
+    p->disarm();
+    settle_faults(p);
+  }
 }
 
 uint64_t Worker::uptime_ns() const noexcept {
@@ -268,6 +283,16 @@ uint64_t Worker::busy_ns() const noexcept {
   if (up == 0 || elapsed == 0) return 0;
   double ns_per_tick = static_cast<double>(up) / static_cast<double>(elapsed);
   return static_cast<uint64_t>(static_cast<double>(busy_ticks_.load(std::memory_order_relaxed)) * ns_per_tick);
+}
+
+void Worker::hand_faults(Pollable* p) {
+  p->on_guest_fault();
+  fault::Fault f[fault::ThreadFaults::kRecent];
+  const size_t n = fault::take(f);
+  for (size_t i = 0; i < n; ++i)
+    LOG_WARN("worker", "guest memory fault at %p (%.*s) not claimed by its queue",
+             reinterpret_cast<void*>(f[i].addr), static_cast<int>(fault::cause_name(f[i].cause).size()),
+             fault::cause_name(f[i].cause).data());
 }
 
 bool Worker::any_inflight() const {
@@ -300,7 +325,10 @@ void Worker::run() {
   while (!stop_.load(std::memory_order_acquire)) {
     if (cmd_pending_.load(std::memory_order_acquire)) handle_commands();
     unsigned work = 0;
-    for (Pollable* p : pollables_) work += p->poll(*this, opts_.burst);
+    for (Pollable* p : pollables_) {
+      work += p->poll(*this, opts_.burst);
+      settle_faults(p);
+    }
     if (io_uring_sq_ready(&ring_) > 0) io_uring_submit(&ring_);
     unsigned before = io_uring_cq_ready(&ring_);
     reap();

@@ -26,6 +26,7 @@
 
 #include "dataplane/base/result.h"
 #include "dataplane/base/unique_fd.h"
+#include "dataplane/memory/guest_fault.h"
 
 namespace sluice {
 
@@ -64,6 +65,12 @@ class Pollable {
   virtual void disarm() = 0;
   // Stop taking new requests (detach is pending); in-flight ones continue.
   virtual void quiesce() = 0;
+  // A call into this pollable left guest memory faults pending on the
+  // worker's thread (dataplane/memory/guest_fault.h) that it did not take
+  // itself: they are its own (a ring, a status byte, an inflight region).
+  // Take them (fault::take) and act: break the queue, fail the request.
+  // Whatever is still pending afterwards is dropped with a log line.
+  virtual void on_guest_fault() {}
   virtual unsigned inflight() const = 0;
 };
 
@@ -126,6 +133,13 @@ class Worker {
   };
 
   void run();
+  // After a call into p: hands faults the call left pending to p (rare; one
+  // thread-local load otherwise).
+  static void settle_faults(Pollable* p) {
+    if (fault::pending()) [[unlikely]]
+      hand_faults(p);
+  }
+  static void hand_faults(Pollable* p);
   void post(Cmd& c);  // control thread: queue a command, wait for its acknowledgement
   void handle_commands();
   void reap();

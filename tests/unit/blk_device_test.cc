@@ -39,7 +39,7 @@ struct Rig {
   std::string path = temp_path(dir);
   Worker worker{WorkerOptions{.name = "t", .poll_us = 200, .busy_time = true}};
   std::unique_ptr<BlkDevice> dev;
-  test::MockGuest g{{{0x100000, 32u << 20}}};
+  test::MockGuest g;
   struct Q {
     std::unique_ptr<test::MockDriver> drv;
     virtq::SplitQueue q;
@@ -47,12 +47,20 @@ struct Rig {
   };
   std::vector<std::unique_ptr<Q>> qs;
 
-  explicit Rig(BlkOptions o = {}, uint16_t nq = 1, test::QueueLayout l = {.size = 128}) {
-    EXPECT_TRUE(worker.start().ok());
+  explicit Rig(BlkOptions o = {}, uint16_t nq = 1, test::QueueLayout l = {.size = 128})
+      : Rig(nullptr, {{0x100000, 32u << 20}}, o, nq, l) {}
+  // A tenant of its own guest memory, served by `shared` (another rig's
+  // worker) when given.
+  Rig(Worker* shared, std::vector<test::MockRegion> regions, BlkOptions o = {}, uint16_t nq = 1,
+      test::QueueLayout l = {.size = 128})
+      : g(std::move(regions)) {
+    if (shared == nullptr) {
+      EXPECT_TRUE(worker.start().ok());
+    }
     o.file = path;
     if (o.size == 0) o.size = 8u << 20;
     o.queues = nq;
-    auto d = BlkDevice::open(o, {&worker});
+    auto d = BlkDevice::open(o, {shared != nullptr ? shared : &worker});
     EXPECT_TRUE(d.ok()) << d.error().name();
     dev = std::move(d.value());
     for (uint16_t i = 0; i < nq; ++i) {
@@ -108,6 +116,10 @@ struct Rig {
     return out;
   }
   uint8_t status(uint64_t st) { return static_cast<uint8_t>(*g.host(st)); }
+  // The front-end shrinks the file behind guest region i to `bytes`.
+  void shrink_region(size_t i, off_t bytes) {
+    ASSERT_EQ(::ftruncate(g.table()->regions()[i].backing->fd.get(), bytes), 0);
+  }
   std::vector<uint8_t> file_bytes(uint64_t off, size_t n) {
     std::vector<uint8_t> v(n);
     int fd = ::open(path.c_str(), O_RDONLY);
@@ -300,6 +312,89 @@ TEST(BlkDevice, BusyTimeCountsOnlyLoopsThatFoundWork) {
   uint64_t busy = r.worker.busy_ns();
   EXPECT_GT(busy, idle_busy);
   EXPECT_LT(busy, r.worker.uptime_ns());
+}
+
+// Guest memory that faults (dataplane/memory/guest_fault.h). Region 1 is
+// where the hostile front-end cuts its file; the rings stay in region 0.
+constexpr uint64_t kRegion1 = 0x4000000;
+
+TEST(BlkDeviceFault, RequestsOnAFaultedPageFailTheQueueGoesOn) {
+  Rig r(nullptr, {{0x100000, 32u << 20}, {kRegion1, 1 << 20}});
+  // A write whose header lies in region 1, and the page holding it.
+  uint64_t hdr = kRegion1 + 4096, st = r.g.alloc(1), good = r.g.alloc(4096, 4096);
+  ReqHeader h{kTOut, 0, 0};
+  r.g.write(hdr, std::as_bytes(std::span(&h, 1)));
+  r.g.fill(st, 1, 0xff);
+  r.shrink_region(1, 0);
+  std::vector<DriverBuf> bufs{{hdr, 16, false}, {good, 4096, false}, {st, 1, true}};
+  ASSERT_TRUE(r.drv().ring().add(bufs, false).ok());
+  const uint64_t total0 = fault::total();
+  r.kick();
+  r.wait(1);
+  EXPECT_EQ(r.status(st), kSIoErr);  // the header faulted: never executed
+  EXPECT_EQ(fault::total(), total0 + 1);
+  // The page is poisoned: a read into it fails at once, without a signal
+  // (the kernel would otherwise fill our zero page, not the guest's).
+  uint64_t st2 = r.add(kTIn, 0, kRegion1 + 4096 + 512, 512);
+  r.kick();
+  r.wait(1);
+  EXPECT_EQ(r.status(st2), kSIoErr);
+  EXPECT_EQ(fault::total(), total0 + 1);
+  // Another page of the cut region: the kernel meets the fault (EFAULT).
+  uint64_t st3 = r.add(kTIn, 0, kRegion1 + 65536, 512);
+  r.kick();
+  r.wait(1);
+  EXPECT_EQ(r.status(st3), kSIoErr);
+  // Memory that is still there is served as before, on the same queue.
+  uint64_t st4 = r.add(kTOut, 8, good, 4096);
+  r.kick();
+  r.wait(1);
+  EXPECT_EQ(r.status(st4), kSOk);
+  const BlkQueueStats& s = r.dev->stats(0);
+  EXPECT_EQ(s.guest_faults.load(), 3u);
+  EXPECT_FALSE(s.broken.load());
+  const fault::PoisonList& pl = r.g.table()->poison();
+  ASSERT_EQ(pl.size(), 1u);
+  EXPECT_EQ(pl.at(0).gpa, kRegion1 + 4096);
+  EXPECT_EQ(pl.at(0).cause, fault::Cause::kNoBacking);
+}
+
+// One tenant's rings vanish: its queue is broken, naming the guest address;
+// a second tenant on the same worker keeps its I/O going, verified.
+TEST(BlkDeviceFault, RingFaultBreaksOneTenantNotTheOther) {
+  Rig good;
+  Rig bad(&good.worker, {{0x100000, 32u << 20}});
+  std::vector<uint8_t> pat(4096, 0x3c);
+  uint64_t buf = good.g.alloc(4096, 4096), back = good.g.alloc(4096, 4096);
+  good.g.write(buf, std::as_bytes(std::span(pat)));
+  // The request is published before the cut; the worker finds the rings
+  // gone (this test's own thread touches nothing of them after the cut: it
+  // would take the fault itself, the mapping being one).
+  (void)bad.add(kTIn, 0, bad.g.alloc(512), 512);
+  bad.drv().ring().publish();
+  bad.shrink_region(0, 0);  // everything, rings included
+  uint64_t one = 1;
+  ASSERT_EQ(::write(bad.qs[0]->kick.get(), &one, sizeof one), 8);
+  for (int round = 0; round < 20; ++round) {
+    uint64_t st = good.add(kTOut, 64, buf, 4096);
+    good.kick();
+    good.wait(1);
+    ASSERT_EQ(good.status(st), kSOk);
+    st = good.add(kTIn, 64, back, 4096);
+    good.kick();
+    good.wait(1);
+    ASSERT_EQ(good.status(st), kSOk);
+    ASSERT_EQ(std::memcmp(good.g.host(back), pat.data(), pat.size()), 0);
+    if (bad.dev->stats(0).broken.load()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const BlkQueueStats& s = bad.dev->stats(0);
+  ASSERT_TRUE(s.broken.load());
+  EXPECT_EQ(s.broken_reason.load(), Errc::kGuestMemoryFault);
+  EXPECT_GE(s.fault_gpa.load(), 0x100000u);
+  EXPECT_LT(s.fault_gpa.load(), 0x100000u + (1 << 20));
+  EXPECT_FALSE(good.dev->stats(0).broken.load());
+  EXPECT_EQ(good.dev->stats(0).guest_faults.load(), 0u);
 }
 
 }  // namespace
