@@ -68,6 +68,19 @@ Result<uint64_t> MemoryTable::host_to_guest(const void* host) const noexcept {
   return Errc::kAddressNotMapped;
 }
 
+Result<uint64_t> MemoryTable::note_fault(const fault::Fault& f) const noexcept {
+  auto gpa = host_to_guest(reinterpret_cast<const void*>(f.addr));
+  if (!gpa.ok()) return gpa;
+  const uint64_t page_gpa = gpa.value() - (f.addr - f.page);
+  if (poison_->add({page_gpa, f.page, f.page_size, f.cause})) {
+    const std::string_view why = fault::cause_name(f.cause);
+    LOG_WARN("memory", "guest page at gpa 0x%llx (%llu bytes) faulted: %.*s; not used again",
+             static_cast<unsigned long long>(page_gpa), static_cast<unsigned long long>(f.page_size),
+             static_cast<int>(why.size()), why.data());
+  }
+  return gpa;
+}
+
 Status validate_region_spec(const RegionSpec& spec) {
   if (spec.size == 0) return Errc::kRegionZeroSize;
   uint64_t end;

@@ -102,6 +102,10 @@ class MemoryTable {
   // Pages of this memory that faulted (shared by the tables of one
   // GuestMemory while their mappings live): never used again.
   fault::PoisonList& poison() const noexcept { return *poison_; }
+  // A fault this thread survived: when it lies in this memory, its page goes
+  // on the poison list (one log line the first time) and the fault's guest
+  // address is returned.
+  Result<uint64_t> note_fault(const fault::Fault& f) const noexcept;
 
   std::span<const GuestRegion> regions() const noexcept { return regions_; }
   const GuestRegion* find(uint64_t gpa) const noexcept {

@@ -145,6 +145,13 @@ class NetQueue : public Pollable {
   void disarm() override { q_->set_kick_notification(false); }
   void quiesce() override { quiescing_ = true; }
   unsigned inflight() const override { return 0; }
+  // Faults a call left that no frame claimed: this queue's rings (the queue
+  // breaks) or pages of its memory (poisoned). Faults in other ports'
+  // memory were claimed by the frame that met them (NetRxQueue::receive).
+  void on_guest_fault() override {
+    (void)q_->take_faults();
+    if (q_->broken()) note_broken();
+  }
 
  protected:
   // The next chain, or false when the ring is empty or broken.
@@ -246,6 +253,12 @@ class NetRxQueue final : public NetQueue {
       if (count_no_buffer) st.drop(Drop::kNoRxBuffer);
       return Rx::kNoBuffer;
     }
+    if (q_->memory_poisoned() && q_->chain_poisoned(first_)) [[unlikely]] {
+      q_->push(first_.head(), 0);  // used, empty: a buffer on a page that faulted is never written
+      dirty_ = true;
+      st.drop(Drop::kGuestFault);
+      return Rx::kDropped;
+    }
     auto w = first_.writable();
     if (first_.writable_bytes() < hl) {
       // No room for even the header: give the buffer back unused.
@@ -268,6 +281,14 @@ class NetRxQueue final : public NetQueue {
                     static_cast<const uint8_t*>(p.iov[0].iov_base) + p.offset + kEthHdrLen, p.len - kEthHdrLen);
       else
         p.copy_out(kEthHdrLen, base + hl + kEthHdrLen, p.len - kEthHdrLen, finish_csum);
+      if (p.faulted || fault::pending()) [[unlikely]] {
+        if (frame_faulted(p)) {
+          q_->push(first_.head(), 0);
+          dirty_ = true;
+          st.drop(Drop::kGuestFault);
+          return Rx::kDropped;
+        }
+      }
       q_->push(first_.head(), total);
       dirty_ = true;
       PortStats::add(st.rx_packets, 1);
@@ -321,7 +342,7 @@ class NetRxQueue final : public NetQueue {
         if (count_no_buffer) st.drop(Drop::kNoRxBuffer);
         return Rx::kNoBuffer;
       }
-      if (cur_.writable_bytes() == 0) {
+      if (cur_.writable_bytes() == 0 || (q_->memory_poisoned() && q_->chain_poisoned(cur_))) {
         // A hostile chain in the middle of a frame: hand every buffer taken
         // for it back as used with nothing in it, and drop the frame.
         for (uint32_t i = 0; i < nbufs; ++i) q_->push(heads_[i], 0);
@@ -335,6 +356,12 @@ class NetRxQueue final : public NetQueue {
     }
     h.num_buffers = static_cast<uint16_t>(nbufs);
     write_at(first_.writable(), 0, &h, hl);
+    if ((p.faulted || fault::pending()) && frame_faulted(p)) [[unlikely]] {
+      for (uint32_t i = 0; i < nbufs; ++i) q_->push(heads_[i], 0);
+      dirty_ = true;
+      st.drop(Drop::kGuestFault);
+      return Rx::kDropped;
+    }
     for (uint32_t i = 0; i < nbufs; ++i) q_->push(heads_[i], lens_[i]);
     dirty_ = true;
     PortStats::add(st.rx_packets, 1);
@@ -343,6 +370,20 @@ class NetRxQueue final : public NetQueue {
   }
 
  private:
+  // Faults met while copying a frame: in the sender's memory (reading it)
+  // or this receiver's (its buffers, its ring). Each is recorded where it
+  // lies; the frame is dropped when any was met.
+  bool frame_faulted(const Packet& p) {
+    fault::Fault fs[fault::ThreadFaults::kRecent];
+    const size_t n = fault::take(fs);
+    for (size_t i = 0; i < n; ++i)
+      if (q_->note_fault(fs[i]) == virtq::SplitQueue::FaultHit::kOutside && p.src_mem != nullptr)
+        (void)p.src_mem->note_fault(fs[i]);
+    if (q_->broken()) note_broken();
+    p.faulted = p.faulted || n != 0;
+    return p.faulted;
+  }
+
   uint16_t pair_;
   bool source_ = false;
   virtq::Chain first_, cur_;
@@ -369,7 +410,10 @@ class NetTxQueue final : public NetQueue {
       ++n;
       if (dev_.opts_.mode != PortMode::kSink) q_->prefetch_ahead(kPrefetch, false);
       if (now == 0 && dev_.opts_.mode == PortMode::kSwitch) now = Switch::now_ns();
-      transmit(now);
+      if (q_->memory_poisoned() && q_->chain_poisoned(chain_)) [[unlikely]]
+        dev_.stats().drop(Drop::kGuestFault);  // on a page that faulted before: never read
+      else
+        transmit(now);
       q_->push(chain_.head(), 0);  // nothing is written into a transmit buffer
     }
     if (n != 0) dirty_ = true;
@@ -405,6 +449,7 @@ class NetTxQueue final : public NetQueue {
     Packet p;
     p.iov = rd.data();
     p.niov = static_cast<uint32_t>(rd.size());
+    p.src_mem = q_->memory().get();
     p.offset = hl;
     p.len = static_cast<uint32_t>(len);
     VnetHdr h{};
@@ -417,6 +462,13 @@ class NetTxQueue final : public NetQueue {
     } else {
       read_at(p.iov, p.niov, 0, &h, hl);
       read_at(p.iov, p.niov, hl, p.eth, kEthHdrLen);
+    }
+    if (fault::pending()) [[unlikely]] {
+      // The header's page faulted (it read as zeroes): never forwarded.
+      (void)q_->take_faults();
+      if (q_->broken()) note_broken();
+      st.drop(Drop::kGuestFault);
+      return;
     }
     if (h.flags & kHdrFNeedsCsum) [[unlikely]] {
       if (!(dev_.features_ >> kFCsum & 1) ||

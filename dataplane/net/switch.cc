@@ -19,6 +19,7 @@ const char* drop_name(Drop d) {
     case Drop::kRxNotReady: return "rx_not_ready";
     case Drop::kFiltered: return "filtered";
     case Drop::kUplinkFull: return "uplink_full";
+    case Drop::kGuestFault: return "guest_memory_fault";
     case Drop::kCount: break;
   }
   return "?";

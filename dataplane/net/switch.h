@@ -23,6 +23,10 @@
 #include "dataplane/net/virtio_net.h"
 #include "dataplane/worker/worker.h"
 
+namespace sluice {
+class MemoryTable;
+}
+
 namespace sluice::net {
 
 // Why a frame was dropped: counted per port.
@@ -37,6 +41,7 @@ enum class Drop : uint8_t {
   kRxNotReady,   // the receiver's queue is not running
   kFiltered,     // the receiver's rx filter (promisc/MAC table) refused it
   kUplinkFull,   // the uplink's transmit queue was full
+  kGuestFault,   // sender's or receiver's guest memory faulted (now, or a poisoned page)
   kCount,
 };
 inline constexpr unsigned kDropKinds = static_cast<unsigned>(Drop::kCount);
@@ -73,6 +78,13 @@ struct Packet {
   uint16_t csum_start = 0, csum_offset = 0;
   uint16_t csum = 0;     // network byte order, as stored in the frame
   bool data_valid = false;
+  // The sender's guest memory (null: not a guest's, e.g. an uplink's mbuf):
+  // a receiver that meets a fault copying the frame records it there.
+  const MemoryTable* src_mem = nullptr;
+  // Set by the first receiver that met a fault copying the frame: every
+  // other receiver of a flooded frame drops it too (the fault replaced the
+  // page, so their copies would not fault).
+  mutable bool faulted = false;
 
   uint64_t dst() const noexcept;  // 48-bit MACs, first byte in the high bits
   uint64_t src() const noexcept;

@@ -399,36 +399,27 @@ SplitQueue::FaultHit SplitQueue::take_faults() noexcept {
   fault::Fault fs[fault::ThreadFaults::kRecent];
   const size_t n = fault::take(fs);
   FaultHit worst = FaultHit::kNone;
-  const auto in = [](uintptr_t a, const std::byte* base, size_t len) {
-    return base != nullptr && a - reinterpret_cast<uintptr_t>(base) < len;
-  };
-  for (size_t i = 0; i < n; ++i) {
-    const fault::Fault& f = fs[i];
-    auto gpa = memp_ != nullptr ? memp_->host_to_guest(reinterpret_cast<const void*>(f.addr))
-                                : Result<uint64_t>(Errc::kAddressNotMapped);
-    const std::string_view why = fault::cause_name(f.cause);
-    if (gpa.ok()) {
-      const uint64_t page_gpa = gpa.value() - (f.addr - f.page);
-      if (poison_->add({page_gpa, f.page, f.page_size, f.cause}))
-        LOG_WARN("memory", "guest page at gpa 0x%llx (%llu bytes) faulted: %.*s; not used again",
-                 static_cast<unsigned long long>(page_gpa), static_cast<unsigned long long>(f.page_size),
-                 static_cast<int>(why.size()), why.data());
-    }
-    const bool ring = in(f.addr, desc_, desc_table_bytes(size_)) ||
-                      in(f.addr, avail_, avail_ring_bytes(size_)) ||
-                      in(f.addr, used_, used_ring_bytes(size_));
-    if (ring) {
-      if (fault_gpa_ == 0) {
-        fault_gpa_ = gpa.ok() ? gpa.value() : 0;
-        fault_cause_ = f.cause;
-        broken_ = Error(Errc::kGuestMemoryFault);  // the true reason, whatever was seen first
-        LOG_WARN("virtq", "queue broken: guest-memory-fault at gpa 0x%llx (%.*s)",
-                 static_cast<unsigned long long>(fault_gpa_), static_cast<int>(why.size()), why.data());
-      }
-    }
-    worst = std::max(worst, ring ? FaultHit::kRing : gpa.ok() ? FaultHit::kBuffer : FaultHit::kOutside);
-  }
+  for (size_t i = 0; i < n; ++i) worst = std::max(worst, note_fault(fs[i]));
   return worst;
+}
+
+SplitQueue::FaultHit SplitQueue::note_fault(const fault::Fault& f) noexcept {
+  auto gpa = memp_ != nullptr ? memp_->note_fault(f) : Result<uint64_t>(Errc::kAddressNotMapped);
+  const auto in = [&](const std::byte* base, size_t len) {
+    return base != nullptr && f.addr - reinterpret_cast<uintptr_t>(base) < len;
+  };
+  if (!in(desc_, desc_table_bytes(size_)) && !in(avail_, avail_ring_bytes(size_)) &&
+      !in(used_, used_ring_bytes(size_)))
+    return gpa.ok() ? FaultHit::kBuffer : FaultHit::kOutside;
+  if (fault_gpa_ == 0) {
+    fault_gpa_ = gpa.ok() ? gpa.value() : 0;
+    fault_cause_ = f.cause;
+    broken_ = Error(Errc::kGuestMemoryFault);  // the true reason, whatever was seen first
+    const std::string_view why = fault::cause_name(f.cause);
+    LOG_WARN("virtq", "queue broken: guest-memory-fault at gpa 0x%llx (%.*s)",
+             static_cast<unsigned long long>(fault_gpa_), static_cast<int>(why.size()), why.data());
+  }
+  return FaultHit::kRing;
 }
 
 template int SplitQueue::pop_impl<true>(Chain&);

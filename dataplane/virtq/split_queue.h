@@ -263,6 +263,8 @@ class alignas(64) SplitQueue {
   // a faulted ring reads as zeroes and may look malformed). Returns the
   // worst hit.
   FaultHit take_faults() noexcept;
+  // The same for one fault the caller took.
+  FaultHit note_fault(const fault::Fault& f) noexcept;
   // Breaks the queue for a reason found outside it (sticky, like a ring error).
   void mark_broken(Errc e) noexcept { (void)fail(e); }
   // Where the fault that broke the queue was (0: none), and why.

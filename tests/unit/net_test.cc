@@ -55,9 +55,13 @@ struct Port {
   uint32_t hdr_len = 12;
 };
 
+constexpr uint64_t kFaultRegion = 0x8000000;
+
 struct Rig {
   Worker worker{WorkerOptions{.name = "t", .poll_us = 100}};
-  test::MockGuest g{{{0x100000, 64u << 20}}};
+  // Region 1 is for the tests of guest memory that faults; everything else
+  // is allocated from region 0.
+  test::MockGuest g{{{0x100000, 64u << 20}, {kFaultRegion, 1 << 20}}};
   Switch sw;
   std::vector<std::unique_ptr<Port>> ports;
   bool event_idx = false;
@@ -610,6 +614,74 @@ TEST(NetSwitch, MacParsing) {
   EXPECT_FALSE(parse_mac("52:54:00:ab:cd", m));
   EXPECT_FALSE(parse_mac("52-54-00-ab-cd-01", m));
   EXPECT_FALSE(parse_mac("52:54:00:ab:cd:0g", m));
+}
+
+// A sender whose frame lies on memory its front-end cut away: the frame is
+// dropped (counted), flooded or not, the page is poisoned so the next frame
+// from it is dropped without a fault, and traffic from good memory flows.
+TEST(NetDevice, FramesOnFaultingMemoryAreDroppedAndCounted) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB));
+  Port& c = r.add(opts("c", kC));
+  for (Port* p : {&b, &c}) r.post_rx(*p, 8, 2048);
+  // A broadcast whose bytes lie in region 1, cut before it is sent.
+  auto f = eth_frame(kBcast, kA, 200, 3);
+  const uint64_t at = kFaultRegion + 4096;
+  VnetHdr h{};
+  r.g.write(at, std::as_bytes(std::span(reinterpret_cast<const uint8_t*>(&h), a.hdr_len)));
+  r.g.write(at + a.hdr_len, std::as_bytes(std::span(f)));
+  ASSERT_EQ(::ftruncate(r.g.table()->regions()[1].backing->fd.get(), 0), 0);
+  DriverBuf d{at, static_cast<uint32_t>(a.hdr_len + f.size()), false};
+  ASSERT_TRUE(a.qs[1]->drv->ring().add({&d, 1}, false, at).ok());  // the ring is in region 0
+  r.kick(a, 1);
+  ASSERT_EQ(r.used(a, 1, 1).size(), 1u);
+  // The same page again: refused without a fault.
+  const uint64_t faults = fault::total();
+  ASSERT_TRUE(a.qs[1]->drv->ring().add({&d, 1}, false, at).ok());
+  r.kick(a, 1);
+  ASSERT_EQ(r.used(a, 1, 1).size(), 1u);
+  EXPECT_EQ(fault::total(), faults);
+  // A frame from good memory reaches both.
+  auto g2 = eth_frame(kBcast, kA, 100, 9);
+  r.send(a, g2);
+  for (Port* p : {&b, &c}) {
+    auto got = r.receive(*p, 1);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].bytes, g2);
+  }
+  // The sender met the fault reading the header: counted at the sender,
+  // twice (the fault, then the poisoned page); nothing reached b or c.
+  const auto drops = [](Port& p) { return p.dev->stats().drops[static_cast<unsigned>(Drop::kGuestFault)].load(); };
+  EXPECT_EQ(drops(a), 2u);
+  EXPECT_EQ(drops(b), 0u);
+  EXPECT_EQ(drops(c), 0u);
+  EXPECT_EQ(r.g.table()->poison().size(), 1u);
+  EXPECT_EQ(r.g.table()->poison().at(0).gpa, at);
+
+  // Header and Ethernet header in good memory, the rest of the frame on
+  // another cut page: the receivers meet the fault while copying; the first
+  // takes it, the flood's second sees the frame marked. Both drop it.
+  auto f3 = eth_frame(kBcast, kA, 300, 5);
+  const uint64_t head = r.g.alloc(a.hdr_len + 14), tail = kFaultRegion + 3 * 4096;
+  r.g.write(head, std::as_bytes(std::span(reinterpret_cast<const uint8_t*>(&h), a.hdr_len)));
+  r.g.write(head + a.hdr_len, std::as_bytes(std::span(f3).first(14)));
+  std::vector<DriverBuf> two{{head, a.hdr_len + 14, false}, {tail, static_cast<uint32_t>(f3.size() - 14), false}};
+  ASSERT_TRUE(a.qs[1]->drv->ring().add(two, false, head).ok());
+  r.kick(a, 1);
+  ASSERT_EQ(r.used(a, 1, 1).size(), 1u);
+  auto g4 = eth_frame(kBcast, kA, 100, 11);
+  r.send(a, g4);
+  for (Port* p : {&b, &c}) {
+    auto empty = r.used(*p, 0, 1);  // the buffer the faulted copy went to: handed back empty
+    ASSERT_EQ(empty.size(), 1u);
+    EXPECT_EQ(empty[0].len, 0u);
+    auto got = r.receive(*p, 1);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].bytes, g4);  // the faulted frame never arrived
+    EXPECT_EQ(drops(*p), 1u);
+  }
+  EXPECT_EQ(r.g.table()->poison().size(), 2u);
 }
 
 }  // namespace
