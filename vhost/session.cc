@@ -1,9 +1,11 @@
 #include "vhost/session.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -21,6 +23,19 @@ bool is_eventfd(int fd) {
   ssize_t n = ::readlink(path, target, sizeof target - 1);
   return n > 0 && std::strcmp(target, "anon_inode:[eventfd]") == 0;
 }
+
+// An eventfd a front-end gave us is only ever used without blocking: a
+// worker reading a kick the peer already drained, or writing a call whose
+// counter the peer saturated, moves on instead of stopping every queue it
+// serves. (The flag is on the open file, which the peer shares; QEMU and
+// DPDK make their eventfds non-blocking themselves.)
+Status make_nonblocking(int fd) {
+  int fl = ::fcntl(fd, F_GETFL);
+  if (fl < 0 || ((fl & O_NONBLOCK) == 0 && ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0))
+    return Error(Errc::kNotEventFd, errno);
+  return {};
+}
+
 
 template <class T>
 void reply_with(Response& r, const Message& m, const T& v) {
@@ -252,15 +267,29 @@ Status check_inflight_shape(const Inflight& i, const VirtioDevice& dev) {
 }
 }  // namespace
 
+// The inflight region is not replaced under a running ring (its worker
+// writes it per request).
+bool Session::any_ring_running() const {
+  return std::any_of(vrings_.begin(), vrings_.end(), [](const auto& r) { return r->running; });
+}
+
 Status Session::get_inflight(const Inflight& req, Response& r, const Message& m) {
   SLUICE_TRY(check_inflight_shape(req, device_));
+  if (any_ring_running()) return Errc::kQueueRunning;
   uint64_t size = uint64_t{req.num_queues} * virtq::inflight_queue_bytes(req.queue_size);
-  UniqueFd fd(::memfd_create("sluice-inflight", MFD_CLOEXEC));
+  UniqueFd fd(::memfd_create("sluice-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd.valid()) return Error::from_errno(errno);
   if (::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) return Error::from_errno(errno);
+  // Sealed before it is handed out: the front-end can neither shrink it under
+  // our mapping (SIGBUS) nor grow it.
+  if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+    return Error::from_errno(errno);
   auto map = MappedRegion::map_shared(fd.get(), size, 0, PROT_READ | PROT_WRITE);
   if (!map.ok()) return map.error();
+  inflight_guard_.reset();
   inflight_map_ = std::move(map.value());  // a fresh memfd reads as zeroes: nothing in flight
+  inflight_guard_ = fault::Guard(inflight_map_.data(), inflight_map_.size(),
+                                 static_cast<size_t>(::sysconf(_SC_PAGESIZE)));
   inflight_base_ = inflight_map_.data();
   inflight_fd_ = std::move(fd);
   inflight_queues_ = req.num_queues;
@@ -275,6 +304,7 @@ Status Session::set_inflight(Message& m) {
   SLUICE_TRY(check_inflight_shape(req, device_));
   uint64_t size = uint64_t{req.num_queues} * virtq::inflight_queue_bytes(req.queue_size);
   if (req.mmap_size != size) return Errc::kMsgBadSize;
+  if (any_ring_running()) return Errc::kQueueRunning;
   UniqueFd fd = std::move(m.fds[0]);
   struct stat st{};
   uint64_t end;
@@ -286,7 +316,11 @@ Status Session::set_inflight(Message& m) {
   auto map = MappedRegion::map_shared(fd.get(), size + slack, req.mmap_offset - slack,
                                       PROT_READ | PROT_WRITE);
   if (!map.ok()) return map.error();
+  // A region the front-end made may be shrunk under us: faults in it are
+  // survived (the ring that used it breaks), not fatal.
+  inflight_guard_.reset();
   inflight_map_ = std::move(map.value());
+  inflight_guard_ = fault::Guard(inflight_map_.data(), inflight_map_.size(), page);
   inflight_base_ = inflight_map_.data() + slack;
   inflight_fd_ = std::move(fd);
   inflight_queues_ = req.num_queues;
@@ -339,6 +373,7 @@ Status Session::set_vring_fd(Message& m, Request which) {
   if (!(payload & kVringNoFdFlag)) {
     fd = std::move(m.fds[0]);
     if (!is_eventfd(fd.get())) return Errc::kNotEventFd;
+    SLUICE_TRY(make_nonblocking(fd.get()));
   }
   auto index = static_cast<uint16_t>(payload & kVringIndexMask);
   Vring& vr = **v;

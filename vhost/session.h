@@ -76,6 +76,7 @@ class Session {
   Status get_inflight(const Inflight& req, Response& r, const Message& m);
   Status set_inflight(Message& m);
   std::byte* inflight_region(uint16_t index, uint32_t num) const;
+  bool any_ring_running() const;
   Result<Vring*> vring(uint32_t index);
   // Starts the ring if it may run (kick seen, enabled, set up).
   Status maybe_start(uint16_t index);
@@ -99,6 +100,7 @@ class Session {
   // because the front-end keeps the fd.
   UniqueFd inflight_fd_;
   MappedRegion inflight_map_;
+  fault::Guard inflight_guard_;  // after the mapping: unregistered before it is unmapped
   std::byte* inflight_base_ = nullptr;
   uint16_t inflight_queues_ = 0;
   uint16_t inflight_qsize_ = 0;

@@ -342,11 +342,63 @@ TEST(VhostSession, InflightRegion) {
   bad = in;
   bad.mmap_offset = 4096;
   EXPECT_EQ(r.acked(Request::kSetInflightFd, bad, std::span(&fd, 1)), 1u);
+  // Ours is sealed: the front-end can neither shrink it under our mapping
+  // nor grow it.
+  int seals = ::fcntl(fd, F_GET_SEALS);
+  EXPECT_EQ(seals & (F_SEAL_SHRINK | F_SEAL_GROW), F_SEAL_SHRINK | F_SEAL_GROW);
+  EXPECT_NE(::ftruncate(fd, 0), 0);
+  EXPECT_EQ(errno, EPERM);
   // GET_INFLIGHT_FD has its own reply: a refusal ends the session.
   ASSERT_TRUE(r.fe.send_struct(Request::kGetInflightFd, Inflight{0, 0, 1, 100, 0}).ok());
   Response resp = r.pump();
   EXPECT_TRUE(resp.close);
   EXPECT_EQ(resp.error, Errc::kQueueBadSize);  // 100 is not a power of two
+}
+
+// The inflight region is not replaced while a ring runs: a worker writes it
+// per request (replacing it once left the worker writing through an unmapped
+// pointer).
+TEST(VhostSession, InflightRegionIsNotReplacedUnderARunningRing) {
+  Rig r;
+  r.negotiate();
+  ASSERT_TRUE(r.fe.send_struct(Request::kGetInflightFd, Inflight{0, 0, 2, 64, 0}).ok());
+  r.pump();
+  Message m = r.reply();
+  auto in = m.as<Inflight>();
+  ASSERT_EQ(m.fds.size(), 1u);
+  int fd = m.fds[0].get();
+  EXPECT_EQ(r.send_mem_table(), 0u);
+  MockDriver d(r.guest, QueueLayout{.size = 64});
+  r.start_ring(0, d);
+  ASSERT_TRUE(r.session.queue_running(0));
+  EXPECT_EQ(r.acked(Request::kSetInflightFd, in, std::span(&fd, 1)), 1u);
+  ASSERT_TRUE(r.fe.send_struct(Request::kGetInflightFd, Inflight{0, 0, 2, 64, 0}).ok());
+  Response resp = r.pump();
+  EXPECT_TRUE(resp.close);
+  EXPECT_EQ(resp.error, Errc::kQueueRunning);
+  EXPECT_TRUE(r.session.queue_running(0));
+}
+
+// Eventfds from the front-end are made non-blocking: a kick the peer drains
+// first, or a call counter it saturates, cannot stop a worker.
+TEST(VhostSession, EventfdsFromThePeerAreUsedWithoutBlocking) {
+  Rig r;
+  r.negotiate();
+  EXPECT_EQ(r.send_mem_table(), 0u);
+  UniqueFd blocking(::eventfd(0, EFD_CLOEXEC));
+  ASSERT_EQ(::fcntl(blocking.get(), F_GETFL) & O_NONBLOCK, 0);
+  int fd = blocking.get();
+  EXPECT_EQ(r.acked(Request::kSetVringCall, uint64_t{0}, std::span(&fd, 1)), 0u);
+  ASSERT_NE(::fcntl(blocking.get(), F_GETFL) & O_NONBLOCK, 0);  // (else the write below would block)
+  UniqueFd k2(::eventfd(0, EFD_CLOEXEC));
+  fd = k2.get();
+  EXPECT_EQ(r.acked(Request::kSetVringErr, uint64_t{1}, std::span(&fd, 1)), 0u);
+  EXPECT_NE(::fcntl(k2.get(), F_GETFL) & O_NONBLOCK, 0);
+  // A saturated counter: the write a worker would make fails at once.
+  uint64_t max = 0xfffffffffffffffeull, one = 1;
+  ASSERT_EQ(::write(blocking.get(), &max, sizeof max), 8);
+  EXPECT_EQ(::write(blocking.get(), &one, sizeof one), -1);
+  EXPECT_EQ(errno, EAGAIN);
 }
 
 // --- malformed messages. With REPLY_ACK the refusal is an ack of 1 and the
