@@ -28,6 +28,7 @@
 
 #include "dataplane/blk/request.h"
 #include "tests/support/mock_guest.h"
+#include "tests/support/vhost_client.h"
 #include "tests/support/vhost_frontend.h"
 #include "vhost/channel.h"
 #include "vhost/protocol.h"
@@ -42,44 +43,6 @@ namespace {
   std::fprintf(stderr, "sluice-blkbench: %s\n", m.c_str());
   std::exit(1);
 }
-
-struct Client {
-  int fd = -1;
-  uint64_t pf = 0;
-
-  void connect_to(const std::string& path) {
-    fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un sa{};
-    sa.sun_family = AF_UNIX;
-    std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path.c_str());
-    for (int i = 0; i < 100; ++i) {
-      if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) return;
-      ::usleep(50000);
-    }
-    die("cannot connect to " + path + ": " + std::strerror(errno));
-  }
-  void send(Request r, const void* p, size_t n, std::span<const int> fds = {}, bool ack = false) {
-    uint32_t flags = kVersion | (ack && (pf >> kPfReplyAck & 1) ? kFlagNeedReply : 0);
-    MsgHeader h{static_cast<uint32_t>(r), flags, static_cast<uint32_t>(n)};
-    if (!send_message(fd, h, {static_cast<const uint8_t*>(p), n}, fds).ok())
-      die(std::string("send ") + std::string(request_name(h.request)).c_str());
-    if (flags & kFlagNeedReply) {
-      Message m;
-      if (!recv_message(fd, m).ok() || m.as<uint64_t>() != 0)
-        die(std::string(request_name(h.request)) + " refused by the back-end");
-    }
-  }
-  template <class T>
-  void send_v(Request r, const T& v, std::span<const int> fds = {}) {
-    send(r, &v, sizeof v, fds, true);
-  }
-  Message call(Request r, const void* p = nullptr, size_t n = 0) {
-    send(r, p, n);
-    Message m;
-    if (!recv_message(fd, m).ok()) die(std::string("no reply to ") + std::string(request_name(static_cast<uint32_t>(r))));
-    return m;
-  }
-};
 
 struct Queue {
   std::unique_ptr<test::MockDriver> drv;
@@ -135,7 +98,7 @@ int main(int argc, char** argv) {
 
   uint64_t data_bytes = uint64_t{per_q} * nq * bs + (64u << 20);
   test::MockGuest guest({{0x100000, data_bytes}});
-  Client c;
+  test::VhostClient c("sluice-blkbench");
   c.connect_to(sock);
   uint64_t offered = c.call(Request::kGetFeatures).as<uint64_t>();
   uint64_t want = (1ull << virtq::kFVersion1) | (1ull << virtq::kFEventIdx) | (1ull << 12 /* MQ */) |
@@ -144,12 +107,13 @@ int main(int argc, char** argv) {
   c.send(Request::kSetFeatures, &want, 8);
   if (offered >> kFProtocolFeatures & 1) {
     uint64_t p = c.call(Request::kGetProtocolFeatures).as<uint64_t>();
-    c.pf = p & ((1ull << kPfReplyAck) | (1ull << kPfMq) | (1ull << kPfConfig));
-    c.send(Request::kSetProtocolFeatures, &c.pf, 8);
+    c.set_protocol_features(p & ((1ull << kPfReplyAck) | (1ull << kPfMq) | (1ull << kPfConfig)));
+    uint64_t pf = c.protocol_features();
+    c.send(Request::kSetProtocolFeatures, &pf, 8);
   }
   c.send(Request::kSetOwner, nullptr, 0, {}, true);
   uint64_t capacity = 0;
-  if (c.pf >> kPfConfig & 1) {
+  if (c.protocol_features() >> kPfConfig & 1) {
     struct {
       ConfigHeader h;
       uint8_t d[8];
@@ -302,6 +266,5 @@ int main(int argc, char** argv) {
               "p99 %.1f p99.9 %.1f max %.0f, errors %llu\n",
               rw.c_str(), bs, per_q * nq, nq, iops, iops * bs / 1e6, avg, pct(lat_us, 0.5),
               pct(lat_us, 0.99), pct(lat_us, 0.999), mx, static_cast<unsigned long long>(errors));
-  ::close(c.fd);
   return errors ? 1 : 0;
 }

@@ -147,6 +147,28 @@ void Export::describe_session(json::object& o) const {
   o["connected"] = conn_.has_value();
   o["sessions"] = sessions_;
   o["refused_messages"] = refused_messages_;
+  json::array regions;
+  if (session_) {
+    for (const GuestRegion& r : session_->memory().snapshot()->regions())
+      regions.push_back(json::object{{"gpa", r.guest_phys},
+                                     {"size", r.size},
+                                     {"hugetlbfs", r.hugetlbfs},
+                                     {"sealed", r.sealed}});
+  }
+  o["regions"] = std::move(regions);
+  o["poisoned_pages"] = poisoned_pages();
+}
+
+json::array Export::poisoned_pages() const {
+  json::array a;
+  if (!session_) return a;
+  const fault::PoisonList& pl = session_->memory().snapshot()->poison();
+  for (uint32_t i = 0; i < pl.size(); ++i) {
+    fault::PoisonList::Page p = pl.at(i);
+    if (p.size == 0) continue;  // being recorded
+    a.push_back(json::object{{"gpa", p.gpa}, {"size", p.size}, {"cause", fault::cause_name(p.cause)}});
+  }
+  return a;
 }
 
 uint16_t Export::virtqueues() const {
@@ -173,6 +195,9 @@ void Export::metrics(MetricsText& m) const {
         static_cast<double>(sessions_));
   m.add("sluice_export_refused_messages_total", "counter", "vhost-user messages refused.", ex,
         static_cast<double>(refused_messages_));
+  m.add("sluice_export_poisoned_pages", "gauge",
+        "Guest pages of the current session that faulted (truncated, hardware-poisoned): never used again.", ex,
+        static_cast<double>(poisoned_pages().size()));
 }
 
 // ---------------------------------------------------------------- BlkExport
@@ -272,9 +297,15 @@ json::object BlkExport::stats() const {
     q["errors"] = s.errors.load(std::memory_order_relaxed);
     q["flushes"] = s.flushes.load(std::memory_order_relaxed);
     q["used_ring_batches"] = s.batches.load(std::memory_order_relaxed);
+    q["guest_faults"] = s.guest_faults.load(std::memory_order_relaxed);
+    if (s.broken.load(std::memory_order_relaxed)) {
+      q["broken"] = errc_name(s.broken_reason.load(std::memory_order_relaxed));
+      if (uint64_t gpa = s.fault_gpa.load(std::memory_order_relaxed)) q["fault_gpa"] = gpa;
+    }
     qs.push_back(std::move(q));
   }
   o["queues"] = std::move(qs);
+  o["poisoned_pages"] = poisoned_pages();
   return o;
 }
 
@@ -333,6 +364,9 @@ void BlkExport::metrics(MetricsText& m) const {
     m.add("sluice_queue_write_bytes_total", "counter", "Bytes written for the guest.", l, v(st.write_bytes));
     m.add("sluice_queue_errors_total", "counter", "Requests completed with an error status.", l, v(st.errors));
     m.add("sluice_queue_flushes_total", "counter", "FLUSH requests.", l, v(st.flushes));
+    m.add("sluice_queue_guest_faults_total", "counter",
+          "Requests failed because their guest memory faulted (SIGBUS, EFAULT, a poisoned page).", l,
+          v(st.guest_faults));
     m.add("sluice_queue_broken", "gauge", "1 once the guest broke the ring (sticky until the queue restarts).", l,
           st.broken.load(std::memory_order_relaxed) ? 1 : 0);
     // Used-ring batch sizes: cumulative buckets 1, 2, 4, ..., 128, +Inf.
@@ -398,6 +432,7 @@ json::object NetExport::stats() const {
   json::array qs;
   for (uint16_t i = 0; i < dev_->max_queues(); ++i) qs.push_back(json::object{{"queue", i}, {"running", queue_running(i)}});
   o["queues"] = std::move(qs);
+  o["poisoned_pages"] = poisoned_pages();
   return o;
 }
 

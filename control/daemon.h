@@ -80,6 +80,9 @@ class Export {
   virtual vfio::DmaMapper* own_mapper() { return nullptr; }
   // connected, sessions, refused_messages
   void describe_session(boost::json::object& o) const;
+  // The guest pages of the current session that faulted (SIGBUS survived:
+  // dataplane/memory/guest_fault.h), each {gpa, size, cause}.
+  boost::json::array poisoned_pages() const;
   bool queue_running(uint16_t i) const { return session_ && session_->queue_running(i); }
   // The number of virtqueues the session has.
   uint16_t virtqueues() const;

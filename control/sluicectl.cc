@@ -73,6 +73,18 @@ void print_port(const std::string& title, const json::object& o) {
   std::printf("; drops: %s\n", drops.empty() ? "none" : drops.c_str());
 }
 
+// One line per guest page that faulted (an export's poisoned_pages).
+void print_poisoned(const json::object& o) {
+  if (!o.contains("poisoned_pages")) return;
+  for (auto& v : o.at("poisoned_pages").as_array()) {
+    auto& p = v.as_object();
+    std::printf("  poisoned guest page: gpa 0x%llx, %llu bytes (%s): requests touching it fail\n",
+                static_cast<unsigned long long>(p.at("gpa").to_number<uint64_t>()),
+                static_cast<unsigned long long>(p.at("size").to_number<uint64_t>()),
+                std::string(p.at("cause").as_string()).c_str());
+  }
+}
+
 int call(const std::string& path, const std::string& method, json::object params, json::value& out) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un sa{};
@@ -325,10 +337,26 @@ int main(int argc, char** argv) {
                   o.at("connected").as_bool() ? "connected" : "waiting", std::string(o.at("socket").as_string()).c_str(),
                   std::string(o.at("file").as_string()).c_str(), o.at("read_only").as_bool() ? " (ro)" : "");
     }
+    // The connected front-ends' guest memory: where it is, and whether its
+    // file is sealed against shrinking (an unsealed one may be cut under us:
+    // survived, but the requests on it fail).
+    for (auto& e : out.as_array()) {
+      auto& o = e.as_object();
+      if (!o.contains("regions")) continue;
+      for (auto& r : o.at("regions").as_array()) {
+        auto& x = r.as_object();
+        std::printf("  %s memory: gpa 0x%llx, %s%s, %s\n", std::string(o.at("id").as_string()).c_str(),
+                    static_cast<unsigned long long>(x.at("gpa").to_number<uint64_t>()),
+                    format_size(x.at("size").to_number<uint64_t>()).c_str(), x.at("hugetlbfs").as_bool() ? " hugetlbfs" : "",
+                    x.at("sealed").as_bool() ? "sealed against shrinking" : "not sealed");
+      }
+      print_poisoned(o);
+    }
   } else if (cmd == "stats") {
     auto print = [](const json::object& o) {
       if (o.contains("switch")) {
         print_port(std::string(o.at("id").as_string()), o);
+        print_poisoned(o);
         return;
       }
       const auto& queues = o.at("queues").as_array();
@@ -358,7 +386,17 @@ int main(int argc, char** argv) {
                     static_cast<unsigned long long>(x.at("errors").to_number<uint64_t>()),
                     static_cast<unsigned long long>(x.at("flushes").to_number<uint64_t>()),
                     static_cast<unsigned long long>(x.at("used_ring_batches").to_number<uint64_t>()));
+        if (x.contains("guest_faults") && x.at("guest_faults").to_number<uint64_t>() != 0)
+          std::printf("        %llu requests failed on guest memory that faulted\n",
+                      static_cast<unsigned long long>(x.at("guest_faults").to_number<uint64_t>()));
+        if (x.contains("broken")) {
+          std::printf("        broken: %s", std::string(x.at("broken").as_string()).c_str());
+          if (x.contains("fault_gpa"))
+            std::printf(" at gpa 0x%llx", static_cast<unsigned long long>(x.at("fault_gpa").to_number<uint64_t>()));
+          std::printf("\n");
+        }
       }
+      print_poisoned(o);
     };
     if (out.is_array())
       for (auto& e : out.as_array()) print(e.as_object());

@@ -29,6 +29,10 @@ class BlkQueue final : public Pollable {
   BlkQueue(BlkDevice& dev, const QueueBinding& b, BlkQueueStats& st)
       : dev_(dev), q_(b.queue), kick_(b.kick_fd), call_(b.call_fd), st_(st),
         slots_(std::min<uint32_t>(kMaxInflight, b.queue->size())) {
+    // A new ring starts unbroken (the counters carry on across sessions).
+    st_.broken.store(false, std::memory_order_relaxed);
+    st_.broken_reason.store(Errc::kOk, std::memory_order_relaxed);
+    st_.fault_gpa.store(0, std::memory_order_relaxed);
     for (uint32_t i = 0; i < slots_.size(); ++i) {
       free_.push_back(static_cast<uint16_t>(i));
       for (uint32_t j = 0; j < Request::kMaxSegments; ++j)
@@ -68,8 +72,14 @@ class BlkQueue final : public Pollable {
     uint32_t idx = op->tag >> 8, seg = op->tag & 0xff;
     Slot& s = slots_[idx];
     uint32_t type = s.req.type;
-    if (res == -EFAULT || (res == -EIO && q_->memory_poisoned())) [[unlikely]]
-      st_.guest_faults.fetch_add(1, std::memory_order_relaxed);  // the kernel met the fault
+    if (res == -EFAULT) [[unlikely]] {
+      // The kernel met a fault in the request's guest memory. Which page it
+      // was, we learn by touching each page once ourselves: the fault that
+      // raises is survived and recorded (the worker hands it to this queue
+      // after this call), so the page is reported and never used again.
+      st_.guest_faults.fetch_add(1, std::memory_order_relaxed);
+      probe_pages(s.req);
+    }
     if (res < 0) {
       if (res == -EOPNOTSUPP && type == kTWriteZeroes && !s.punch) {
         // ZERO_RANGE is not supported here (tmpfs): punching a hole reads
@@ -234,6 +244,15 @@ class BlkQueue final : public Pollable {
 
   // Publishes why the queue is broken (again when a fault turns out to be
   // the cause of what looked like a malformed ring); counted once.
+  static void probe_pages(const Request& r) {
+    const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    for (uint32_t i = 0; i < r.iovcnt; ++i) {
+      const auto a = reinterpret_cast<uintptr_t>(r.iov[i].iov_base);
+      for (uintptr_t p = a & ~(page - 1); p < a + r.iov[i].iov_len; p += page)
+        (void)*reinterpret_cast<const volatile uint8_t*>(std::max(p, a));
+    }
+  }
+
   void note_broken() {
     st_.fault_gpa.store(q_->fault_gpa(), std::memory_order_relaxed);
     st_.broken_reason.store(q_->broken_reason().code, std::memory_order_relaxed);
