@@ -2,6 +2,7 @@
 
 #include <linux/pci_regs.h>
 #include <linux/virtio_blk.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -31,7 +32,8 @@ std::string err_text(const Error& e) {
 // ---------------------------------------------------------------- Export
 
 Export::Export(Daemon& d, std::string id, std::string path)
-    : id_(std::move(id)), path_(std::move(path)), acceptor_(d.io()), daemon_(d) {}
+    : id_(std::move(id)), path_(std::move(path)), acceptor_(d.io()), accept_retry_(d.io(), "export " + id_),
+      daemon_(d) {}
 
 Export::~Export() { *alive_ = false; }
 
@@ -54,16 +56,30 @@ void Export::stop() {
   }
 }
 
+namespace {
+// Whether the peer of a connected socket has hung up (nothing waits).
+bool peer_gone(int fd) {
+  pollfd p{fd, POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+}  // namespace
+
 void Export::accept() {
   // Handlers may run after the export is gone (removed while an accept or a
   // wait was queued): they check the export's liveness token first.
   acceptor_.async_accept([this, alive = alive_](boost::system::error_code ec, unix_socket::socket s) {
     if (!*alive) return;
     if (ec) {
-      if (ec != asio::error::operation_aborted)
-        LOG_WARN("export", "%s: accept: %s", id_.c_str(), ec.message().c_str());
-      if (acceptor_.is_open() && ec != asio::error::operation_aborted) accept();
+      if (acceptor_.is_open() && ec != asio::error::operation_aborted)
+        accept_retry_.after_error(ec, [this, alive] {
+          if (*alive && acceptor_.is_open()) accept();
+        });
       return;
+    }
+    if (conn_ && peer_gone(conn_->native_handle())) {
+      // The previous front-end hung up and we have not read its close yet
+      // (it reconnected at once): that session ends now, this one is served.
+      end_session("front-end closed the connection");
     }
     if (conn_) {
       // vhost-user is one front-end per socket: a second one is turned away
@@ -1154,11 +1170,13 @@ void Daemon::shutdown() {
 
 // ---------------------------------------------------------------- API
 
-namespace {
-
+// One API connection (counted by the daemon: kMaxApiConns).
 struct ApiConn : std::enable_shared_from_this<ApiConn> {
   static constexpr size_t kMaxLine = 1 << 20;  // a longer request drops the connection
-  ApiConn(Daemon& d, unix_socket::socket s) : daemon(d), sock(std::move(s)) {}
+  ApiConn(Daemon& d, unix_socket::socket s) : daemon(d), sock(std::move(s)) { ++daemon.api_conns_; }
+  ~ApiConn() { --daemon.api_conns_; }
+  ApiConn(const ApiConn&) = delete;
+  ApiConn& operator=(const ApiConn&) = delete;
   Daemon& daemon;
   unix_socket::socket sock;
   asio::streambuf in{kMaxLine};
@@ -1186,8 +1204,6 @@ struct ApiConn : std::enable_shared_from_this<ApiConn> {
     });
   }
 };
-
-}  // namespace
 
 namespace {
 
@@ -1271,11 +1287,16 @@ bool Daemon::api_peer_allowed(int fd, std::string& why) const {
 void Daemon::api_accept() {
   api_->async_accept([this](boost::system::error_code ec, unix_socket::socket s) {
     if (ec) {
-      if (ec != asio::error::operation_aborted && api_ && api_->is_open()) api_accept();
+      if (ec != asio::error::operation_aborted && api_ && api_->is_open())
+        api_retry_.after_error(ec, [this] {
+          if (api_ && api_->is_open()) api_accept();
+        });
       return;
     }
     std::string why;
-    if (!api_peer_allowed(s.native_handle(), why)) {
+    const bool full = api_conns_ >= kMaxApiConns;
+    if (full) why = "too many API connections (" + std::to_string(kMaxApiConns) + " open)";
+    if (full || !api_peer_allowed(s.native_handle(), why)) {
       // Answered, then closed: a refused client learns why.
       LOG_WARN("daemon", "API: %s", why.c_str());
       std::string msg = json::serialize(json::object{

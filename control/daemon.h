@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "control/accept_retry.h"
 #include "control/metrics.h"
 #include "control/spec.h"
 #include "control/vmm.h"
@@ -97,6 +98,7 @@ class Export {
 
   std::string id_, path_;
   unix_socket::acceptor acceptor_;
+  AcceptRetry accept_retry_;
   std::optional<unix_socket::socket> conn_;
   // Keeps this session's guest memory mapped in the daemon's VFIO containers.
   vfio::GuestMemoryDma dma_;
@@ -248,6 +250,12 @@ class Daemon {
   bool eal_started_ = false;
 #endif
   std::optional<unix_socket::acceptor> api_;
+  AcceptRetry api_retry_{io_, "API"};
+  // Open API connections (each holds an fd and a buffer): capped, so that
+  // one client cannot take every fd the daemon has.
+  static constexpr unsigned kMaxApiConns = 64;
+  unsigned api_conns_ = 0;
+  friend struct ApiConn;
   std::unique_ptr<MetricsServer> metrics_;
   std::map<std::string, Attachment> attached_;  // export id -> where it is attached
   std::set<std::string> busy_;                   // exports with an attach/detach under way

@@ -95,9 +95,16 @@ std::pair<std::string, uint16_t> parse_listen(const std::string& s) {
 namespace {
 
 struct HttpConn : std::enable_shared_from_this<HttpConn> {
-  HttpConn(tcp::socket s, Daemon& d) : stream(std::move(s)), daemon(d) {}
+  HttpConn(tcp::socket s, Daemon& d, std::shared_ptr<unsigned> n)
+      : stream(std::move(s)), daemon(d), open(std::move(n)) {
+    ++*open;
+  }
+  ~HttpConn() { --*open; }
+  HttpConn(const HttpConn&) = delete;
+  HttpConn& operator=(const HttpConn&) = delete;
   beast::tcp_stream stream;
   Daemon& daemon;
+  std::shared_ptr<unsigned> open;
   beast::flat_buffer buf;
   http::request_parser<http::empty_body> parser;
   http::response<http::string_body> res;
@@ -140,7 +147,7 @@ struct HttpConn : std::enable_shared_from_this<HttpConn> {
 }  // namespace
 
 MetricsServer::MetricsServer(asio::io_context& io, Daemon& d, const std::string& host, uint16_t port)
-    : daemon_(d), acceptor_(io), ep_(asio::ip::make_address(host), port) {}
+    : daemon_(d), acceptor_(io), ep_(asio::ip::make_address(host), port), retry_(io, "metrics") {}
 
 void MetricsServer::start() {
   acceptor_.open(ep_.protocol());
@@ -164,10 +171,18 @@ uint16_t MetricsServer::port() const {
 void MetricsServer::accept() {
   acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket s) {
     if (ec) {
-      if (ec != asio::error::operation_aborted && acceptor_.is_open()) accept();
+      if (ec != asio::error::operation_aborted && acceptor_.is_open())
+        retry_.after_error(ec, [this] {
+          if (acceptor_.is_open()) accept();
+        });
       return;
     }
-    std::make_shared<HttpConn>(std::move(s), daemon_)->run();
+    if (*open_ >= kMaxConns) {
+      boost::system::error_code ignore;
+      s.close(ignore);  // a scraper needs one; this many is a client holding them
+    } else {
+      std::make_shared<HttpConn>(std::move(s), daemon_, open_)->run();
+    }
     accept();
   });
 }

@@ -7,8 +7,11 @@
 
 #include <boost/asio.hpp>
 
+#include "control/accept_retry.h"
+
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -47,6 +50,11 @@ class MetricsServer {
   Daemon& daemon_;
   boost::asio::ip::tcp::acceptor acceptor_;
   boost::asio::ip::tcp::endpoint ep_;
+  AcceptRetry retry_;
+  // Open connections (shared with each one, which may outlive the server):
+  // past kMaxConns a new one is closed at once.
+  static constexpr unsigned kMaxConns = 32;
+  std::shared_ptr<unsigned> open_ = std::make_shared<unsigned>(0);
 };
 
 // "HOST:PORT" ("[::1]:9310" for IPv6). Throws std::invalid_argument.

@@ -69,6 +69,51 @@ for c in "${cases[@]}"; do
   note "$name: ok ($(tail -1 "$dir/hostile-$name.txt" | sed 's/^hostile [^:]*: //'); good tenant max latency ${max_us} us)"
 done
 
+# A front-end that reconnects the moment it closed is served, not taken for
+# a second front-end (its previous close may not have been read yet).
+for i in $(seq 1 10); do
+  "$BENCH" --socket "$dir/good.sock" --rw read --bs 4096 --qd 4 --seconds 0.05 > /dev/null 2>&1 ||
+    bad "back-to-back session $i was refused"
+done
+grep -q "refusing a second front-end" "$dir/sluiced.log" && bad "a reconnecting front-end was refused as a second one"
+
+# fd exhaustion: a second sluiced at a low fd limit, and a client that holds
+# connections until accept fails with EMFILE. The accept loop must back off
+# (not spin: CPU and log lines bounded) and serve again once fds are free.
+api2=$dir/api2.sock
+prlimit --nofile=48:48 "$SLUICED" --api "$api2" --blk "id=lim,path=$dir/lim.sock,file=$dir/lim.img,size=8M" \
+  > "$dir/sluiced-lim.log" 2>&1 &
+LPID=$!
+for _ in $(seq 1 50); do [ -S "$api2" ] && break; sleep 0.1; done
+python3 - "$api2" "$LPID" "$dir/sluiced-lim.log" <<'PY' > "$dir/emfile.txt" 2>&1 || bad "fd exhaustion: $(cat "$dir/emfile.txt")"
+import socket, sys, time
+path, pid, log = sys.argv[1], sys.argv[2], sys.argv[3]
+def cpu():
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / 100.0
+held = []
+for _ in range(80):  # more than the limit leaves free
+    s = socket.socket(socket.AF_UNIX); s.connect(path); held.append(s)
+time.sleep(0.5)
+lines0, c0 = open(log).read().count("\n"), cpu()
+time.sleep(2)
+lines1, c1 = open(log).read().count("\n"), cpu()
+busy = (c1 - c0) / 2
+print(f"while out of fds: sluiced CPU {busy*100:.0f}%, {lines1 - lines0} log lines in 2 s")
+for s in held: s.close()
+time.sleep(0.5)
+s = socket.socket(socket.AF_UNIX); s.connect(path)
+s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"list"}\n')
+s.settimeout(5)
+ans = s.recv(65536)
+ok = busy < 0.3 and lines1 - lines0 < 10 and b'"result"' in ans
+print("API answers again" if b'"result"' in ans else "API silent after the fds came back")
+sys.exit(0 if ok else 1)
+PY
+note "fd exhaustion: $(tr '\n' ';' < "$dir/emfile.txt")"
+"$BENCH" --socket "$dir/lim.sock" --rw verify --bs 4096 --qd 4 > /dev/null 2>&1 || bad "fd exhaustion: the export is not served afterwards"
+kill -TERM $LPID; wait $LPID
+
 if kill -0 $SPID 2>/dev/null; then
   sleep 0.5  # the last session's close is processed
   fd1=$(fds) rss1=$(rss_kb)
