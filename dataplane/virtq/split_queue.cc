@@ -61,13 +61,14 @@ void SplitQueue::release_nheads() noexcept {
 
 Status SplitQueue::attach(std::shared_ptr<const MemoryTable> mem) {
   if (!configured() || mem == nullptr) return Errc::kQueueNotReady;
+  if (broken()) return broken_;  // stays stopped until reset()
   auto d = mem->translate_exact(cfg_.desc_addr, desc_table_bytes(size_));
   auto a = mem->translate_exact(cfg_.avail_addr, avail_ring_bytes(size_));
   auto u = mem->translate_exact(cfg_.used_addr, used_ring_bytes(size_));
   if (!d.ok() || !a.ok() || !u.ok()) return Errc::kQueueRingNotContiguous;
-  desc_ = d.value();
-  avail_ = a.value();
-  used_ = u.value();
+  desc_ = areas_[0] = d.value();
+  avail_ = areas_[1] = a.value();
+  used_ = areas_[2] = u.value();
   memp_ = mem.get();
   poison_ = &mem->poison();
   hint_ = MemoryTable::no_region();
@@ -129,6 +130,7 @@ void SplitQueue::reset() noexcept {
 }
 
 Error SplitQueue::fail(Errc e) noexcept {
+  halt();
   if (!broken()) {
     broken_ = Error(e);
     LOG_WARN("virtq", "queue broken: %.*s (last_avail=%u)",
@@ -286,7 +288,7 @@ void demote_line(const std::byte* p) noexcept {
 }  // namespace
 
 bool SplitQueue::publish() noexcept {
-  if (!running() || broken()) return false;
+  if (!running()) return false;
   // The notify decision after the caller's fence reads the driver's flags
   // (or used_event); asking for that line now lets its transfer overlap the
   // one the fence waits for (our used-index store), instead of following it.
@@ -403,18 +405,29 @@ SplitQueue::FaultHit SplitQueue::take_faults() noexcept {
   return worst;
 }
 
+void SplitQueue::halt() noexcept {
+  // Not running from now on: push(), publish() and the notification calls
+  // do nothing, so a broken ring is never written again. The memory table
+  // stays (a fault found later is still placed in it).
+  desc_ = avail_ = used_ = nullptr;
+  npending_ = 0;
+  pending_bufs_ = 0;
+}
+
 SplitQueue::FaultHit SplitQueue::note_fault(const fault::Fault& f) noexcept {
   auto gpa = memp_ != nullptr ? memp_->note_fault(f) : Result<uint64_t>(Errc::kAddressNotMapped);
   const auto in = [&](const std::byte* base, size_t len) {
     return base != nullptr && f.addr - reinterpret_cast<uintptr_t>(base) < len;
   };
-  if (!in(desc_, desc_table_bytes(size_)) && !in(avail_, avail_ring_bytes(size_)) &&
-      !in(used_, used_ring_bytes(size_)))
+  // The areas as attached: a queue halted by a ring error still knows them.
+  if (!in(areas_[0], desc_table_bytes(size_)) && !in(areas_[1], avail_ring_bytes(size_)) &&
+      !in(areas_[2], used_ring_bytes(size_)))
     return gpa.ok() ? FaultHit::kBuffer : FaultHit::kOutside;
   if (fault_gpa_ == 0) {
     fault_gpa_ = gpa.ok() ? gpa.value() : 0;
     fault_cause_ = f.cause;
     broken_ = Error(Errc::kGuestMemoryFault);  // the true reason, whatever was seen first
+    halt();
     const std::string_view why = fault::cause_name(f.cause);
     LOG_WARN("virtq", "queue broken: guest-memory-fault at gpa 0x%llx (%.*s)",
              static_cast<unsigned long long>(fault_gpa_), static_cast<int>(why.size()), why.data());

@@ -205,9 +205,10 @@ class alignas(64) SplitQueue {
   // entries in all: both the avail cursor and the in-order head cursor rewind.
   void discard(uint16_t nbufs, uint16_t ndescs) noexcept;
   // Records a completion; nothing is visible to the driver until flush().
-  // A broken queue takes none: the driver must reset it (2.1.2).
+  // A broken queue takes none (it is not running: fail() stops it); the
+  // driver must reset it (2.1.2).
   void push(uint16_t head, uint32_t len) noexcept {
-    if (!running() || broken()) [[unlikely]]
+    if (!running()) [[unlikely]]
       return;
     ++stats_.pushed;
     if (cfg_.in_order) {
@@ -288,6 +289,7 @@ class alignas(64) SplitQueue {
   Errc walk_indirect(const Desc& d, Chain& c, bool& seen_write);
   Errc add_buffer(const Desc& d, Chain& c, bool& seen_write);
   Error fail(Errc e) noexcept;
+  void halt() noexcept;
   void release_nheads() noexcept;
   void demote_used(uint16_t from, uint16_t to) const noexcept;
 
@@ -299,6 +301,7 @@ class alignas(64) SplitQueue {
   std::shared_ptr<const MemoryTable> mem_;
   const MemoryTable* memp_ = nullptr;
   fault::PoisonList* poison_ = nullptr;  // mem_'s, while attached
+  std::byte* areas_[3] = {};  // desc, avail, used as attached (kept when halted: faults are placed by them)
   const GuestRegion* hint_ = MemoryTable::no_region();  // last region a buffer hit
   std::byte* desc_ = nullptr;
   std::byte* avail_ = nullptr;
