@@ -242,17 +242,23 @@ class BlkQueue final : public Pollable {
     return failed;
   }
 
-  // Publishes why the queue is broken (again when a fault turns out to be
-  // the cause of what looked like a malformed ring); counted once.
+  // Touches a failed request's pages (one byte each) until one faults, at
+  // most kProbePages of them: a hostile request may span gigabytes.
+  static constexpr unsigned kProbePages = 256;
   static void probe_pages(const Request& r) {
     const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+    unsigned left = kProbePages;
     for (uint32_t i = 0; i < r.iovcnt; ++i) {
       const auto a = reinterpret_cast<uintptr_t>(r.iov[i].iov_base);
-      for (uintptr_t p = a & ~(page - 1); p < a + r.iov[i].iov_len; p += page)
+      for (uintptr_t p = a & ~(page - 1); p < a + r.iov[i].iov_len; p += page) {
         (void)*reinterpret_cast<const volatile uint8_t*>(std::max(p, a));
+        if (fault::pending() || --left == 0) return;
+      }
     }
   }
 
+  // Publishes why the queue is broken (again when a fault turns out to be
+  // the cause of what looked like a malformed ring); counted once.
   void note_broken() {
     st_.fault_gpa.store(q_->fault_gpa(), std::memory_order_relaxed);
     st_.broken_reason.store(q_->broken_reason().code, std::memory_order_relaxed);
