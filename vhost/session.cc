@@ -304,6 +304,7 @@ Status Session::set_inflight(Message& m) {
   SLUICE_TRY(check_inflight_shape(req, device_));
   uint64_t size = uint64_t{req.num_queues} * virtq::inflight_queue_bytes(req.queue_size);
   if (req.mmap_size != size) return Errc::kMsgBadSize;
+  if (req.mmap_offset % 64 != 0) return Errc::kQueueMisaligned;  // the region's fields are accessed atomically
   if (any_ring_running()) return Errc::kQueueRunning;
   UniqueFd fd = std::move(m.fds[0]);
   struct stat st{};

@@ -36,18 +36,31 @@ std::vector<uint16_t> InflightTracker::recover(SplitQueue& q) {
     }
   }
   h->used_idx = ring_used;
+  // The region is the front-end's memory and may change under us: each
+  // descriptor's flag and counter are read once, into our own copy, and only
+  // the copy is sorted (a comparator reading shared memory could see two
+  // orders of the same pair and send std::sort out of bounds).
+  struct InFlight {
+    uint64_t counter;
+    uint16_t head;
+  };
+  std::vector<InFlight> found;
   uint64_t max_counter = 0;
   for (uint16_t i = 0; i < size_; ++i) {
     InflightDesc* d = desc(i);
-    if (d->inflight == 1) {
-      heads.push_back(i);
-      max_counter = std::max(max_counter, d->counter);
+    const uint8_t flag = std::atomic_ref<uint8_t>(d->inflight).load(std::memory_order_acquire);
+    if (flag == 1) {
+      const uint64_t c = std::atomic_ref<uint64_t>(d->counter).load(std::memory_order_relaxed);
+      found.push_back({c, i});
+      max_counter = std::max(max_counter, c);
     } else {
       d->inflight = 0;  // anything else is not a state we wrote
     }
   }
-  std::sort(heads.begin(), heads.end(),
-            [this](uint16_t a, uint16_t b) { return desc(a)->counter < desc(b)->counter; });
+  std::sort(found.begin(), found.end(), [](const InFlight& a, const InFlight& b) {
+    return a.counter != b.counter ? a.counter < b.counter : a.head < b.head;
+  });
+  for (const InFlight& f : found) heads.push_back(f.head);
   counter_ = max_counter + 1;
   // The front-end restored last_avail to the used index; the in-flight
   // requests come from the entries right after it.
