@@ -99,6 +99,7 @@ class Export {
   std::string id_, path_;
   unix_socket::acceptor acceptor_;
   AcceptRetry accept_retry_;
+  LogLimit log_limit_;  // a peer connecting in a loop costs a few lines a second
   std::optional<unix_socket::socket> conn_;
   // Keeps this session's guest memory mapped in the daemon's VFIO containers.
   vfio::GuestMemoryDma dma_;
@@ -255,6 +256,7 @@ class Daemon {
   // one client cannot take every fd the daemon has.
   static constexpr unsigned kMaxApiConns = 64;
   unsigned api_conns_ = 0;
+  LogLimit api_log_limit_;
   friend struct ApiConn;
   std::unique_ptr<MetricsServer> metrics_;
   std::map<std::string, Attachment> attached_;  // export id -> where it is attached

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "dataplane/base/log.h"
 #include "dataplane/virtq/inflight.h"
@@ -92,8 +93,11 @@ Response Session::handle(Message& m) {
              !has_reply(req);
   if (!s.ok()) {
     std::string_view rn = request_name(m.hdr.request);
-    LOG_WARN("vhost", "%s: %.*s refused: %.*s", name_.c_str(), static_cast<int>(rn.size()),
-             rn.data(), static_cast<int>(s.error().name().size()), s.error().name().data());
+    unsigned long long left_out = 0;
+    if (log_limit_.allow(&left_out))
+      LOG_WARN("vhost", "%s: %.*s refused: %.*s%s", name_.c_str(), static_cast<int>(rn.size()), rn.data(),
+               static_cast<int>(s.error().name().size()), s.error().name().data(),
+               left_out ? (" (and " + std::to_string(left_out) + " refusals not logged)").c_str() : "");
     r = Response{};
     r.error = s.error();
     if (ack) {

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "dataplane/base/log.h"
 #include "dataplane/base/result.h"
 #include "dataplane/base/unique_fd.h"
 #include "dataplane/device/virtio_device.h"
@@ -77,6 +78,7 @@ class Session {
   Status set_inflight(Message& m);
   std::byte* inflight_region(uint16_t index, uint32_t num) const;
   bool any_ring_running() const;
+  LogLimit log_limit_;  // refusals of this peer's messages
   Result<Vring*> vring(uint32_t index);
   // Starts the ring if it may run (kick seen, enabled, set up).
   Status maybe_start(uint16_t index);

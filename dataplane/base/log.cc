@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdarg>
 #include <cstdio>
 #include <ctime>
@@ -48,6 +49,27 @@ void log_message(LogLevel level, const char* component, const char* fmt, ...) no
   buf[used++] = '\n';
   ssize_t w = ::write(STDERR_FILENO, buf, used);
   (void)w;
+}
+
+bool LogLimit::allow(unsigned long long* suppressed) noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  const unsigned long long now = static_cast<unsigned long long>(ts.tv_sec) * 1000 +
+                                 static_cast<unsigned long long>(ts.tv_nsec) / 1000000;
+  if (last_ms_ == 0) last_ms_ = now;
+  if (now - last_ms_ >= interval_ms_) {  // refill one token per interval
+    const unsigned long long add = (now - last_ms_) / interval_ms_;
+    tokens_ = static_cast<unsigned>(std::min<unsigned long long>(burst_, tokens_ + add));
+    last_ms_ = now;
+  }
+  if (tokens_ == 0) {
+    ++dropped_;
+    return false;
+  }
+  --tokens_;
+  *suppressed = dropped_;
+  dropped_ = 0;
+  return true;
 }
 
 }  // namespace sluice

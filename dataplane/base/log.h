@@ -14,6 +14,22 @@ LogLevel log_level() noexcept;
 void log_message(LogLevel level, const char* component, const char* fmt, ...) noexcept
     __attribute__((format(printf, 3, 4)));
 
+// Lines about one peer's misbehaviour, bounded: at most `burst` lines, then
+// one per `interval_ms` (each saying how many were left out since). A peer
+// that sends a million bad messages costs the log a few lines a second. One
+// per session (or per export, or per API); single-threaded.
+class LogLimit {
+ public:
+  explicit LogLimit(unsigned burst = 20, unsigned interval_ms = 1000) noexcept
+      : burst_(burst), tokens_(burst), interval_ms_(interval_ms) {}
+  // Whether to log this line; *suppressed gets the lines left out before it.
+  bool allow(unsigned long long* suppressed) noexcept;
+
+ private:
+  unsigned burst_, tokens_, interval_ms_;
+  unsigned long long last_ms_ = 0, dropped_ = 0;
+};
+
 }  // namespace sluice
 
 #define SLUICE_LOG(level, component, ...)                                      \

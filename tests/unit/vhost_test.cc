@@ -7,6 +7,9 @@
 #include <cstring>
 #include <map>
 
+#include <chrono>
+#include <thread>
+
 #include <gtest/gtest.h>
 
 #include "tests/support/mock_guest.h"
@@ -399,6 +402,21 @@ TEST(VhostSession, EventfdsFromThePeerAreUsedWithoutBlocking) {
   ASSERT_EQ(::write(blocking.get(), &max, sizeof max), 8);
   EXPECT_EQ(::write(blocking.get(), &one, sizeof one), -1);
   EXPECT_EQ(errno, EAGAIN);
+}
+
+// A peer's misbehaviour costs the log a bounded number of lines.
+TEST(LogLimit, BurstThenOnePerInterval) {
+  LogLimit l(3, 50);
+  unsigned long long left_out = 99;
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(l.allow(&left_out));
+    EXPECT_EQ(left_out, 0u);
+  }
+  for (int i = 0; i < 1000; ++i) EXPECT_FALSE(l.allow(&left_out));
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
+  EXPECT_TRUE(l.allow(&left_out));
+  EXPECT_EQ(left_out, 1000u);  // the line says how many were left out
+  EXPECT_FALSE(l.allow(&left_out));
 }
 
 // --- malformed messages. With REPLY_ACK the refusal is an ack of 1 and the
