@@ -31,9 +31,9 @@ std::string err_text(const Error& e) {
 
 // ---------------------------------------------------------------- Export
 
-Export::Export(Daemon& d, std::string id, std::string path)
+Export::Export(Daemon& d, std::string id, std::string path, ExportLimits limits)
     : id_(std::move(id)), path_(std::move(path)), acceptor_(d.io()), accept_retry_(d.io(), "export " + id_),
-      daemon_(d) {}
+      limits_(limits), daemon_(d) {}
 
 Export::~Export() { *alive_ = false; }
 
@@ -97,6 +97,7 @@ void Export::accept() {
       ::setsockopt(s.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
       conn_.emplace(std::move(s));
       session_ = std::make_unique<vhost::Session>(device(), id_);
+      session_->set_memory_limits(MemoryLimits{limits_.max_memory, limits_.max_regions});
       // The session's memory is empty now; from its first SET_MEM_TABLE on,
       // every region is mapped for the VFIO containers before any ring uses
       // it: the daemon's (--vfio-group) and an offload device's own.
@@ -228,7 +229,8 @@ void Export::metrics(MetricsText& m) const {
 
 BlkExport::BlkExport(Daemon& d, BlkSpec spec, std::unique_ptr<blk::BlkDevice> dev,
                      std::unique_ptr<VfioParts> vfio)
-    : Export(d, spec.id, spec.path), spec_(std::move(spec)), dev_(std::move(dev)), vfio_dev_(std::move(vfio)) {}
+    : Export(d, spec.id, spec.path, spec.limits), spec_(std::move(spec)), dev_(std::move(dev)),
+      vfio_dev_(std::move(vfio)) {}
 
 BlkExport::~BlkExport() { stop(); }
 
@@ -412,7 +414,7 @@ void BlkExport::metrics(MetricsText& m) const {
 // ---------------------------------------------------------------- NetExport
 
 NetExport::NetExport(Daemon& d, NetSpec spec, std::unique_ptr<net::NetDevice> dev)
-    : Export(d, spec.id, spec.path), spec_(std::move(spec)), dev_(std::move(dev)) {}
+    : Export(d, spec.id, spec.path, spec.limits), spec_(std::move(spec)), dev_(std::move(dev)) {}
 
 NetExport::~NetExport() { stop(); }
 

@@ -59,7 +59,7 @@ struct VfioParts {
 // goes.
 class Export {
  public:
-  Export(Daemon& d, std::string id, std::string path);
+  Export(Daemon& d, std::string id, std::string path, ExportLimits limits);
   virtual ~Export();
   void start();  // binds and listens; throws on failure
   void stop();   // ends the session (queues drained), closes and unlinks the socket
@@ -100,6 +100,7 @@ class Export {
   unix_socket::acceptor acceptor_;
   AcceptRetry accept_retry_;
   LogLimit log_limit_;  // a peer connecting in a loop costs a few lines a second
+  ExportLimits limits_;  // what one session may map
   std::optional<unix_socket::socket> conn_;
   // Keeps this session's guest memory mapped in the daemon's VFIO containers.
   vfio::GuestMemoryDma dma_;

@@ -41,6 +41,8 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
                                       pass it the guest's descriptors (zero copy)
                       offload=on      with vfio=: the device runs the queues itself,
                                       its interrupts go straight to the VMM's call fds
+                      max-memory=SIZE guest memory one front-end may map (default 1T)
+                      max-regions=N   its memory regions, 1..509 (default 509)
                     e.g. --blk id=vm1,path=/run/sluice/vm1.sock,file=/srv/vm1.img,queues=2,size=8G
   --net SPEC        a vhost-user-net port on a switch; repeatable:
                       path=SOCKET     vhost-user socket to create (required)
@@ -55,6 +57,7 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
                                       back), sink (counted, dropped), source (the
                                       guest's rx queues filled with generated frames)
                       frame=N         mode=source: frame bytes, 60..MTU+14 (default 64)
+                      max-memory=SIZE, max-regions=N   as for --blk
                     e.g. --net id=vm1,path=/run/sluice/vm1-net.sock,switch=br0,queues=2
   --uplink SPEC     a DPDK ethdev port on a switch; repeatable:
                       switch=NAME,[name=NAME,][queue-size=N,]dpdk=DEVARGS

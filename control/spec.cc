@@ -75,6 +75,26 @@ std::string format_size(uint64_t b) {
   return buf;
 }
 
+namespace {
+// max-memory=SIZE, max-regions=N (both export kinds); false: not one of them.
+bool parse_limit(const std::string& key, const std::string& val, ExportLimits& l) {
+  if (key == "max-memory") {
+    try {
+      l.max_memory = parse_size(val);
+    } catch (const SpecError& e) {
+      throw SpecError(std::string("max-memory: ") + e.what());
+    }
+    return true;
+  }
+  if (key == "max-regions") {
+    l.max_regions = static_cast<uint32_t>(parse_uint(key, val, 509));
+    if (l.max_regions == 0) throw SpecError("max-regions: 1..509");
+    return true;
+  }
+  return false;
+}
+}  // namespace
+
 BlkSpec parse_blk_spec(const std::string& text) {
   BlkSpec s;
   bool have_path = false, have_file = false;
@@ -126,9 +146,11 @@ BlkSpec parse_blk_spec(const std::string& text) {
       s.queue_size = static_cast<uint16_t>(parse_uint(key, val, 1024));
       if (s.queue_size < 2 || (s.queue_size & (s.queue_size - 1)))
         throw SpecError("queue-size: a power of two, 2..1024");
+    } else if (parse_limit(key, val, s.limits)) {
     } else {
       throw SpecError("unknown key '" + key +
-                      "' (id, path, file, queues, ro, size, serial, queue-size, direct, null, vfio, offload)");
+                      "' (id, path, file, queues, ro, size, serial, queue-size, direct, null, vfio, offload, "
+                      "max-memory, max-regions)");
     }
   }
   if (!have_path) throw SpecError("path= is required (the vhost-user socket to create)");
@@ -223,8 +245,10 @@ NetSpec parse_net_spec(const std::string& text) {
     } else if (key == "frame") {
       s.frame = static_cast<uint32_t>(parse_uint(key, val, 9014));
       have_frame = true;
+    } else if (parse_limit(key, val, s.limits)) {
     } else {
-      throw SpecError("unknown key '" + key + "' (id, path, switch, queues, queue-size, mtu, mac, mode, frame)");
+      throw SpecError("unknown key '" + key +
+                      "' (id, path, switch, queues, queue-size, mtu, mac, mode, frame, max-memory, max-regions)");
     }
   }
   if (!have_path) throw SpecError("path= is required (the vhost-user socket to create)");

@@ -9,6 +9,16 @@
 
 namespace sluice::control {
 
+// What one front-end of an export may map (docs/SECURITY.md): keys
+// max-memory=SIZE (default 1T) and max-regions=N (default 509), for blk and
+// net exports alike.
+struct ExportLimits {
+  static constexpr uint64_t kDefaultMaxMemory = 1ull << 40;
+  uint64_t max_memory = kDefaultMaxMemory;
+  uint32_t max_regions = 509;
+  friend bool operator==(const ExportLimits&, const ExportLimits&) = default;
+};
+
 struct BlkSpec {
   std::string id;       // defaults to the socket's base name
   std::string path;     // vhost-user socket
@@ -22,6 +32,7 @@ struct BlkSpec {
   bool direct = true;         // use O_DIRECT where the file and the request allow it
   std::string vfio;           // PCI address of a virtio-blk device behind VFIO
   bool offload = false;       // its queues are handed to that device (vDPA-style)
+  ExportLimits limits;
   friend bool operator==(const BlkSpec&, const BlkSpec&) = default;
 };
 
@@ -37,6 +48,7 @@ struct NetSpec {
   uint64_t mac = 0;           // 0: derived from the id (52:54:00:xx:xx:xx)
   std::string mode = "switch";  // switch, reflect, sink, source
   uint32_t frame = 64;        // source: frame bytes
+  ExportLimits limits;
   friend bool operator==(const NetSpec&, const NetSpec&) = default;
 };
 

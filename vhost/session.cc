@@ -229,7 +229,7 @@ Status Session::dispatch(Message& m, Response& r) {
       return device_.write_config(c.offset, {m.payload.data() + sizeof c, c.size});
     }
     case Request::kGetMaxMemSlots:
-      reply_with<uint64_t>(r, m, GuestMemory::kMaxRegions);
+      reply_with<uint64_t>(r, m, std::min<uint64_t>(memory_.limits().max_regions, GuestMemory::kMaxRegions));
       return {};
     case Request::kAddMemReg: {
       auto s = m.as<SingleMemRegion>();

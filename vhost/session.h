@@ -52,6 +52,9 @@ class Session {
   // The call eventfd the front-end gave for queue i (-1: none).
   int call_fd(uint16_t i) const { return i < vrings_.size() ? vrings_[i]->call.get() : -1; }
   const GuestMemory& memory() const noexcept { return memory_; }
+  // Bounds on this session's guest memory (the export's): a SET_MEM_TABLE
+  // or ADD_MEM_REG past them is refused.
+  void set_memory_limits(const MemoryLimits& l) { memory_.set_limits(l); }
   // Listeners of this session's guest memory (the VFIO DMA mapper's bridge).
   // A listener's error refuses the memory message that caused it.
   void add_memory_listener(MemoryListener* l) { memory_.add_listener(l); }

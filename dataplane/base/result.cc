@@ -14,6 +14,7 @@ std::string_view errc_name(Errc e) noexcept {
     case Errc::kRegionBadFd: return "region-bad-fd";
     case Errc::kRegionNotFound: return "region-not-found";
     case Errc::kTooManyRegions: return "too-many-regions";
+    case Errc::kMemoryLimit: return "memory-limit";
     case Errc::kAddressNotMapped: return "address-not-mapped";
     case Errc::kQueueBadSize: return "queue-bad-size";
     case Errc::kQueueMisaligned: return "queue-misaligned";

@@ -25,6 +25,7 @@ enum class Errc : uint16_t {
   kRegionBadFd,
   kRegionNotFound,
   kTooManyRegions,
+  kMemoryLimit,      // the regions add up to more than the export allows
   kAddressNotMapped,  // a guest range is not (fully) inside any region
   // virtqueue configuration
   kQueueBadSize,

@@ -202,8 +202,18 @@ Status precheck(const std::vector<RegionSpec>& specs) {
 
 }  // namespace
 
+Status GuestMemory::check_limits(uint64_t regions, uint64_t bytes) const {
+  if (regions > std::min<uint64_t>(limits_.max_regions, kMaxRegions)) return Errc::kTooManyRegions;
+  if (bytes > limits_.max_bytes) return Errc::kMemoryLimit;
+  return {};
+}
+
 Status GuestMemory::set_regions(std::vector<RegionSpec> specs) {
   SLUICE_TRY(precheck(specs));
+  uint64_t bytes = 0;
+  for (const RegionSpec& s : specs)
+    if (__builtin_add_overflow(bytes, s.size, &bytes)) return Errc::kMemoryLimit;
+  SLUICE_TRY(check_limits(specs.size(), bytes));
   auto old = snapshot();
   std::vector<GuestRegion> next;
   next.reserve(specs.size());
@@ -224,7 +234,10 @@ Status GuestMemory::set_regions(std::vector<RegionSpec> specs) {
 
 Status GuestMemory::add_region(RegionSpec spec) {
   auto old = snapshot();
-  if (old->regions().size() >= kMaxRegions) return Errc::kTooManyRegions;
+  uint64_t bytes = spec.size;
+  for (const GuestRegion& r : old->regions())
+    if (__builtin_add_overflow(bytes, r.size, &bytes)) return Errc::kMemoryLimit;
+  SLUICE_TRY(check_limits(old->regions().size() + 1, bytes));
   auto r = map_region(spec);
   if (!r.ok()) return r.error();
   std::vector<GuestRegion> next(old->regions().begin(), old->regions().end());

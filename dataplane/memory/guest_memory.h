@@ -136,6 +136,14 @@ class MemoryListener {
                                    std::span<const GuestRegion> removed) = 0;
 };
 
+// How much guest memory one front-end may have mapped: every byte is address
+// space of the daemon (and, once touched, memory charged to it), so one
+// front-end must not be able to take what the next one needs.
+struct MemoryLimits {
+  uint64_t max_bytes = UINT64_MAX;  // sum of region sizes
+  uint32_t max_regions = 509;       // as libvhost-user's VHOST_USER_MAX_RAM_SLOTS
+};
+
 // The owner of a device's guest memory. Mutated by the control thread only;
 // read by workers through snapshot(), which is safe from any thread.
 class GuestMemory {
@@ -159,6 +167,10 @@ class GuestMemory {
   Status remove_region(uint64_t guest_phys, uint64_t size, uint64_t user_addr);
   // Drops every region (reset, disconnect).
   void clear();
+  // Later changes that would go past these are refused (kTooManyRegions,
+  // kMemoryLimit); what is mapped stays.
+  void set_limits(const MemoryLimits& l) { limits_ = l; }
+  const MemoryLimits& limits() const noexcept { return limits_; }
 
   void add_listener(MemoryListener* l);
   void remove_listener(MemoryListener* l);
@@ -167,8 +179,11 @@ class GuestMemory {
   Status publish(std::vector<GuestRegion> regions);
   Result<GuestRegion> map_region(RegionSpec& spec) const;
 
+  Status check_limits(uint64_t regions, uint64_t bytes) const;
+
   std::atomic<std::shared_ptr<const MemoryTable>> table_;
   std::vector<MemoryListener*> listeners_;
+  MemoryLimits limits_;
   // Faulted pages, by host address: kept across tables while their mapping
   // lives, dropped with it (a later mapping may reuse the address).
   std::shared_ptr<fault::PoisonList> poison_ = std::make_shared<fault::PoisonList>();

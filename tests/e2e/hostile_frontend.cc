@@ -13,6 +13,8 @@
 //   shrink-inflight     hands over its own inflight region, then cuts it
 //   inflight-while-running  asks for a new inflight region under a running
 //                       ring (must be refused)
+//   huge-memory         a memory table of 2 TiB (sparse): past the export's
+//                       bound, refused
 //
 // It reports what it saw of the back-end (request statuses) and keeps the
 // connection open for --hold seconds, so that a test can look at the
@@ -96,11 +98,27 @@ int main(int argc, char** argv) {
   uint64_t want = offered & ((1ull << virtq::kFVersion1) | (1ull << kFProtocolFeatures));
   c.send(Request::kSetFeatures, &want, 8);
   uint64_t pf = c.call(Request::kGetProtocolFeatures).as<uint64_t>() &
-                ((1ull << kPfReplyAck) | (1ull << kPfInflightShmfd) | (1ull << kPfConfig));
+                ((1ull << kPfReplyAck) | (1ull << kPfInflightShmfd) | (1ull << kPfConfig) |
+                 (1ull << kPfConfigureMemSlots));
   c.set_protocol_features(pf);
   c.send(Request::kSetProtocolFeatures, &pf, 8);
   c.send(Request::kSetOwner, nullptr, 0, {}, true);
 
+  if (name == "huge-memory") {
+    // 2 TiB of sparse memfd: address space only, but twice the default
+    // bound of an export. Refused (REPLY_ACK says so); the session lives.
+    UniqueFd big = test::make_memfd(2ull << 40);
+    struct {
+      MemTableHeader h;
+      MemRegion r;
+    } t{{1, 0}, {0, 2ull << 40, 0x10000000000ull, 0}};
+    int bfd = big.get();
+    uint64_t ack = c.try_send(Request::kSetMemTable, &t, sizeof t, std::span(&bfd, 1), true);
+    uint64_t slots = 0;
+    if (pf >> kPfConfigureMemSlots & 1) slots = c.call(Request::kGetMaxMemSlots).as<uint64_t>();
+    return report(ack != 0, std::string(ack != 0 ? "refused" : "accepted") + " a 2 TiB memory table" +
+                                (slots ? "; max slots " + std::to_string(slots) : ""));
+  }
   auto table = test::Frontend::mem_table_of(guest);
   if (gmem.valid()) {
     // Region 1's fd becomes the guest_memfd (same size and coordinates).

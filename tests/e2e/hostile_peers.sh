@@ -42,6 +42,7 @@ cases=(
   "saturate-call|^  0 +yes"
   "shrink-inflight|broken: guest-memory-fault"
   "inflight-while-running|\"refused_messages\":[1-9]"
+  "huge-memory|\"id\":\"bad\"[^}]*\"connected\":true"
 )
 for c in "${cases[@]}"; do
   name=${c%%|*} expect=${c#*|}

@@ -58,6 +58,21 @@ TEST(BlkSpec, NullBackend) {
   EXPECT_THROW(parse_blk_spec("path=/tmp/n.sock,null,size=1G,file=/x"), SpecError);  // not both
 }
 
+TEST(Spec, ExportLimits) {
+  BlkSpec b = parse_blk_spec("path=/tmp/a.sock,file=/x");
+  EXPECT_EQ(b.limits.max_memory, ExportLimits::kDefaultMaxMemory);
+  EXPECT_EQ(b.limits.max_regions, 509u);
+  b = parse_blk_spec("path=/tmp/a.sock,file=/x,max-memory=64G,max-regions=8");
+  EXPECT_EQ(b.limits.max_memory, 64ull << 30);
+  EXPECT_EQ(b.limits.max_regions, 8u);
+  NetSpec n = parse_net_spec("path=/tmp/n.sock,max-memory=2G");
+  EXPECT_EQ(n.limits.max_memory, 2ull << 30);
+  for (const char* bad : {"path=/tmp/a.sock,file=/x,max-memory=0", "path=/tmp/a.sock,file=/x,max-memory=lots",
+                          "path=/tmp/a.sock,file=/x,max-regions=0", "path=/tmp/a.sock,file=/x,max-regions=510"})
+    EXPECT_THROW(parse_blk_spec(bad), SpecError) << bad;
+  EXPECT_THROW(parse_net_spec("path=/tmp/n.sock,max-regions=1000"), SpecError);
+}
+
 TEST(BlkSpec, Refusals) {
   for (const char* bad : {
            "file=/x",                                   // no path

@@ -92,6 +92,34 @@ TEST(GuestMemory, UserAddressTranslation) {
 }
 
 // One negative test per named error.
+// An export's bounds: a change past them is refused whole, and what was
+// mapped stays (one front-end cannot take the address space the next needs).
+TEST(GuestMemoryErrors, LimitsRefuseWholeChanges) {
+  GuestMemory m;
+  m.set_limits(MemoryLimits{.max_bytes = 3 << 20, .max_regions = 2});
+  ASSERT_TRUE(set_one(m, spec(0x100000, 2 << 20, 0x7000000)).ok());
+  // Over the byte bound: 2 MiB + 2 MiB > 3 MiB.
+  EXPECT_EQ(m.add_region(spec(0x800000, 2 << 20, 0x9000000)).error(), Errc::kMemoryLimit);
+  std::vector<RegionSpec> two;
+  two.push_back(spec(0x100000, 2 << 20, 0x7000000));
+  two.push_back(spec(0x800000, 2 << 20, 0x9000000));
+  EXPECT_EQ(m.set_regions(std::move(two)).error(), Errc::kMemoryLimit);
+  EXPECT_EQ(m.snapshot()->regions().size(), 1u);
+  // Within it: a second region of 1 MiB; a third is past the region bound.
+  ASSERT_TRUE(m.add_region(spec(0x800000, 1 << 20, 0x9000000)).ok());
+  m.set_limits(MemoryLimits{.max_bytes = 1ull << 40, .max_regions = 2});
+  EXPECT_EQ(m.add_region(spec(0xa00000, 1 << 20, 0xb000000)).error(), Errc::kTooManyRegions);
+  EXPECT_EQ(m.snapshot()->regions().size(), 2u);
+  // Sizes that would wrap a 64-bit sum are over any bound.
+  m.set_limits(MemoryLimits{});
+  std::vector<RegionSpec> huge;
+  huge.push_back(spec(0x100000, 1 << 20, 0x7000000));
+  RegionSpec h = spec(0x200000, 1 << 20, 0x8000000);
+  h.size = ~uint64_t{0} - (1 << 19);
+  huge.push_back(std::move(h));
+  EXPECT_FALSE(m.set_regions(std::move(huge)).ok());
+}
+
 TEST(GuestMemoryErrors, ZeroSize) {
   GuestMemory m;
   EXPECT_EQ(set_one(m, spec(0, 0, 0x1000, 0, 4096)).error(), Errc::kRegionZeroSize);
