@@ -130,6 +130,12 @@ struct Rig {
     return reply().as<uint64_t>();
   }
   test::Frontend::Table table() { return Frontend::mem_table_of(guest); }
+  // GET_INFLIGHT_FD for nq queues of qsize entries: the reply (and its fd).
+  Message get_inflight(uint16_t nq, uint16_t qsize) {
+    EXPECT_TRUE(fe.send_struct(Request::kGetInflightFd, Inflight{0, 0, nq, qsize, 0}).ok());
+    pump();
+    return reply();
+  }
   // NUM, BASE, ADDR, KICK, CALL, ENABLE for ring i over driver d; all acked.
   void start_ring(uint32_t i, MockDriver& d, uint16_t base = 0) {
     auto c = d.device_config();
@@ -324,9 +330,7 @@ TEST(VhostSession, StatusAndResetDevice) {
 TEST(VhostSession, InflightRegion) {
   Rig r;
   r.negotiate();
-  ASSERT_TRUE(r.fe.send_struct(Request::kGetInflightFd, Inflight{0, 0, 2, 16, 0}).ok());
-  r.pump();
-  Message m = r.reply();
+  Message m = r.get_inflight(2, 16);
   auto in = m.as<Inflight>();
   EXPECT_EQ(in.mmap_size, 2 * virtq::inflight_queue_bytes(16));
   EXPECT_EQ(in.num_queues, 2);
@@ -364,9 +368,7 @@ TEST(VhostSession, InflightRegion) {
 TEST(VhostSession, InflightRegionIsNotReplacedUnderARunningRing) {
   Rig r;
   r.negotiate();
-  ASSERT_TRUE(r.fe.send_struct(Request::kGetInflightFd, Inflight{0, 0, 2, 64, 0}).ok());
-  r.pump();
-  Message m = r.reply();
+  Message m = r.get_inflight(2, 64);
   auto in = m.as<Inflight>();
   ASSERT_EQ(m.fds.size(), 1u);
   int fd = m.fds[0].get();
