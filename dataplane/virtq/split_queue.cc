@@ -61,7 +61,6 @@ void SplitQueue::release_nheads() noexcept {
 
 Status SplitQueue::attach(std::shared_ptr<const MemoryTable> mem) {
   if (!configured() || mem == nullptr) return Errc::kQueueNotReady;
-  if (broken()) return broken_;  // stays stopped until reset()
   auto d = mem->translate_exact(cfg_.desc_addr, desc_table_bytes(size_));
   auto a = mem->translate_exact(cfg_.avail_addr, avail_ring_bytes(size_));
   auto u = mem->translate_exact(cfg_.used_addr, used_ring_bytes(size_));
@@ -73,6 +72,10 @@ Status SplitQueue::attach(std::shared_ptr<const MemoryTable> mem) {
   poison_ = &mem->poison();
   hint_ = MemoryTable::no_region();
   mem_ = std::move(mem);
+  // A broken queue stays halted until reset(): attached (the front-end's
+  // restart is accepted, as it always was), but it pops, pushes and
+  // publishes nothing.
+  if (broken()) halt();
   return {};
 }
 

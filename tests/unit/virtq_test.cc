@@ -366,6 +366,12 @@ TEST(SplitQueueFault, BrokenQueueAcceptsNoPush) {
     EXPECT_EQ(r.q.ring_used_idx(), 0);
     (void)r.q.stop();
     EXPECT_EQ(r.drv.peek_used_idx(), 0);
+    // Attached again (a front-end restarting the ring): still halted.
+    ASSERT_TRUE(r.q.attach(r.guest.table()).ok());
+    EXPECT_FALSE(r.q.running());
+    r.q.push(head, 64);
+    EXPECT_FALSE(r.q.flush());
+    EXPECT_EQ(r.drv.peek_used_idx(), 0);
   }
 }
 
