@@ -84,10 +84,8 @@ void Export::accept() {
     if (conn_) {
       // vhost-user is one front-end per socket: a second one is turned away
       // and the first keeps its device.
-      unsigned long long left_out = 0;
-      if (log_limit_.allow(&left_out))
-        LOG_WARN("export", "%s: refusing a second front-end while one is connected (%llu not logged)", id_.c_str(),
-                 left_out);
+      LOG_LIMITED(log_limit_, LogLevel::kWarn, "export", "%s: refusing a second front-end while one is connected",
+                  id_.c_str());
       boost::system::error_code ignore;
       s.close(ignore);
     } else {
@@ -105,10 +103,7 @@ void Export::accept() {
       if (vfio::DmaMapper* m = own_mapper()) (void)dma_.attach(m, *session_->memory().snapshot());
       session_->add_memory_listener(&dma_);
       ++sessions_;
-      unsigned long long left_out = 0;
-      if (log_limit_.allow(&left_out))
-        LOG_INFO("export", "%s: front-end connected (session %llu; %llu lines not logged)", id_.c_str(),
-                 static_cast<unsigned long long>(sessions_), left_out);
+      LOG_LIMITED(log_limit_, LogLevel::kInfo, "export", "%s: front-end connected", id_.c_str());
       wait_message();
     }
     accept();
@@ -153,9 +148,7 @@ void Export::on_readable() {
 
 void Export::end_session(const char* why) {
   if (!conn_) return;
-  unsigned long long left_out = 0;
-  if (log_limit_.allow(&left_out))
-    LOG_INFO("export", "%s: session ended: %s (%llu lines not logged)", id_.c_str(), why, left_out);
+  LOG_LIMITED(log_limit_, LogLevel::kInfo, "export", "%s: session ended: %s", id_.c_str(), why);
   // Destroying the session stops every ring: the workers complete what they
   // took before the device lets go of the queues. Only then does its memory
   // leave the IOMMU (the table we hold keeps the mappings alive until then).
@@ -1308,9 +1301,7 @@ void Daemon::api_accept() {
     if (full) why = "too many API connections (" + std::to_string(kMaxApiConns) + " open)";
     if (full || !api_peer_allowed(s.native_handle(), why)) {
       // Answered, then closed: a refused client learns why.
-      unsigned long long left_out = 0;
-      if (api_log_limit_.allow(&left_out))
-        LOG_WARN("daemon", "API: %s (%llu refusals not logged)", why.c_str(), left_out);
+      LOG_LIMITED(api_log_limit_, LogLevel::kWarn, "daemon", "API: %s", why.c_str());
       std::string msg = json::serialize(json::object{
                             {"jsonrpc", "2.0"},
                             {"error", json::object{{"code", -32001}, {"message", why}}},

@@ -37,7 +37,6 @@ Status make_nonblocking(int fd) {
   return {};
 }
 
-
 template <class T>
 void reply_with(Response& r, const Message& m, const T& v) {
   r.send = true;
@@ -93,11 +92,9 @@ Response Session::handle(Message& m) {
              !has_reply(req);
   if (!s.ok()) {
     std::string_view rn = request_name(m.hdr.request);
-    unsigned long long left_out = 0;
-    if (log_limit_.allow(&left_out))
-      LOG_WARN("vhost", "%s: %.*s refused: %.*s%s", name_.c_str(), static_cast<int>(rn.size()), rn.data(),
-               static_cast<int>(s.error().name().size()), s.error().name().data(),
-               left_out ? (" (and " + std::to_string(left_out) + " refusals not logged)").c_str() : "");
+    LOG_LIMITED(log_limit_, LogLevel::kWarn, "vhost", "%s: %.*s refused: %.*s", name_.c_str(),
+                static_cast<int>(rn.size()), rn.data(), static_cast<int>(s.error().name().size()),
+                s.error().name().data());
     r = Response{};
     r.error = s.error();
     if (ack) {

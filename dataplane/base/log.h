@@ -41,3 +41,15 @@ class LogLimit {
 #define LOG_WARN(c, ...) SLUICE_LOG(::sluice::LogLevel::kWarn, c, __VA_ARGS__)
 #define LOG_INFO(c, ...) SLUICE_LOG(::sluice::LogLevel::kInfo, c, __VA_ARGS__)
 #define LOG_DEBUG(c, ...) SLUICE_LOG(::sluice::LogLevel::kDebug, c, __VA_ARGS__)
+// A line bounded by a LogLimit; the first one after a gap says how many
+// similar lines were left out. At least one argument after the format.
+#define LOG_LIMITED(limit, level, c, fmt, ...)                                                        \
+  do {                                                                                                \
+    unsigned long long sluice_left_out_ = 0;                                                          \
+    if ((limit).allow(&sluice_left_out_)) {                                                           \
+      if (sluice_left_out_ != 0)                                                                      \
+        SLUICE_LOG(level, c, fmt " (%llu similar lines not logged)", __VA_ARGS__, sluice_left_out_);  \
+      else                                                                                            \
+        SLUICE_LOG(level, c, fmt, __VA_ARGS__);                                                       \
+    }                                                                                                 \
+  } while (0)

@@ -44,10 +44,7 @@ Status SplitQueue::configure(const QueueConfig& cfg) {
   cfg_ = cfg;
   size_ = cfg.size;
   mask_ = static_cast<uint16_t>(cfg.size - 1);
-  desc_ = avail_ = used_ = nullptr;
-  mem_.reset();
-  memp_ = nullptr;
-  poison_ = nullptr;
+  drop_memory();
   return {};
 }
 
@@ -109,10 +106,7 @@ uint32_t SplitQueue::ring_used_id(uint16_t slot_idx) const noexcept {
 
 uint16_t SplitQueue::stop() {
   if (running()) (void)flush();
-  desc_ = avail_ = used_ = nullptr;
-  mem_.reset();
-  memp_ = nullptr;
-  poison_ = nullptr;
+  drop_memory();
   return last_avail_;
 }
 
@@ -120,10 +114,7 @@ void SplitQueue::reset() noexcept {
   release_nheads();
   cfg_ = QueueConfig{};
   size_ = mask_ = 0;
-  desc_ = avail_ = used_ = nullptr;
-  mem_.reset();
-  memp_ = nullptr;
-  poison_ = nullptr;
+  drop_memory();
   fault_gpa_ = 0;
   last_avail_ = shadow_avail_ = used_idx_ = shadow_used_ = next_avail_head_ = 0;
   head_known_ = false;
@@ -408,6 +399,14 @@ SplitQueue::FaultHit SplitQueue::take_faults() noexcept {
   return worst;
 }
 
+void SplitQueue::drop_memory() noexcept {
+  desc_ = avail_ = used_ = nullptr;
+  std::fill(std::begin(areas_), std::end(areas_), nullptr);
+  mem_.reset();
+  memp_ = nullptr;
+  poison_ = nullptr;
+}
+
 void SplitQueue::halt() noexcept {
   // Not running from now on: push(), publish() and the notification calls
   // do nothing, so a broken ring is never written again. The memory table
@@ -426,7 +425,7 @@ SplitQueue::FaultHit SplitQueue::note_fault(const fault::Fault& f) noexcept {
   if (!in(areas_[0], desc_table_bytes(size_)) && !in(areas_[1], avail_ring_bytes(size_)) &&
       !in(areas_[2], used_ring_bytes(size_)))
     return gpa.ok() ? FaultHit::kBuffer : FaultHit::kOutside;
-  if (fault_gpa_ == 0) {
+  if (broken_.code != Errc::kGuestMemoryFault) {
     fault_gpa_ = gpa.ok() ? gpa.value() : 0;
     fault_cause_ = f.cause;
     broken_ = Error(Errc::kGuestMemoryFault);  // the true reason, whatever was seen first

@@ -252,7 +252,7 @@ class alignas(64) SplitQueue {
   // Whether a chain's buffers touch a page that faulted.
   bool chain_poisoned(const Chain& c) const noexcept;
   enum class FaultHit : uint8_t {  // in rising order of severity
-    kNone,     // no fault since `since`
+    kNone,     // no fault was pending
     kBuffer,   // a page of this queue's guest memory (a request's buffer)
     kOutside,  // an address outside this queue's memory (an inflight region)
     kRing,     // this queue's rings: the queue is broken
@@ -290,6 +290,7 @@ class alignas(64) SplitQueue {
   Errc add_buffer(const Desc& d, Chain& c, bool& seen_write);
   Error fail(Errc e) noexcept;
   void halt() noexcept;
+  void drop_memory() noexcept;  // stopped, reset or reconfigured: no rings, no memory table
   void release_nheads() noexcept;
   void demote_used(uint16_t from, uint16_t to) const noexcept;
 
