@@ -27,6 +27,7 @@
 #include <benchmark/benchmark.h>
 
 #include "dataplane/base/tsc.h"
+#include "dataplane/net/switch.h"
 #include "dataplane/virtq/split_queue.h"
 #include "tests/support/mock_guest.h"
 
@@ -245,7 +246,62 @@ void BM_CrossCore(benchmark::State& state, bool in_order, uint16_t ndesc, uint16
       static_cast<double>(empty_polls) / static_cast<double>(std::max<uint64_t>(1, state.iterations()));
 }
 
+// The switch's per-frame decision (source check, learning, lookup or flood),
+// without the rings: a 64-byte frame from port 0 to a learned port ("unicast")
+// or broadcast to four ports ("flood"). The ports only count what they are
+// handed. `locked`: every port locked to its own MAC (the vhost-user default).
+struct CountPort final : net::SwitchPort {
+  using net::SwitchPort::SwitchPort;
+  uint64_t bytes = 0;
+  void deliver(const net::Packet& p, uint16_t) override { bytes += p.len; }
+  const char* kind() const override { return "bench"; }
+};
+
+void BM_Switch(benchmark::State& state, bool flood, bool locked) {
+  Worker w{WorkerOptions{}};
+  net::Switch sw{"bench", w};
+  std::vector<std::unique_ptr<CountPort>> ports;
+  for (int i = 0; i < 5; ++i) {
+    ports.push_back(std::make_unique<CountPort>("p" + std::to_string(i)));
+    if (locked) ports.back()->set_security(net::PortSecurity{0x525400000010ull + uint64_t(i), 64, 0});
+    if (!sw.add_port(*ports.back()).ok()) {
+      state.SkipWithError("add_port failed");
+      return;
+    }
+  }
+  uint8_t frame[64] = {};
+  iovec iov{frame, sizeof frame};
+  net::Packet p;
+  p.iov = &iov;
+  p.niov = 1;
+  p.len = sizeof frame;
+  const uint64_t dst = flood ? 0xffffffffffffull : 0x525400000011ull;
+  for (int i = 0; i < 6; ++i) {
+    p.eth[i] = static_cast<uint8_t>(dst >> (40 - 8 * i));
+    p.eth[6 + i] = static_cast<uint8_t>(0x525400000010ull >> (40 - 8 * i));
+  }
+  // Port 1 makes itself known first (an unlocked port is found by learning).
+  net::Packet hello = p;
+  for (int i = 0; i < 6; ++i) {
+    hello.eth[i] = 0xff;
+    hello.eth[6 + i] = static_cast<uint8_t>(0x525400000011ull >> (40 - 8 * i));
+  }
+  uint64_t now = net::Switch::now_ns();
+  sw.forward(*ports[1], hello, 0, now);
+  for (auto _ : state) {
+    now += 50;  // the worker reads the clock once per burst, not per frame
+    sw.forward(*ports[0], p, 0, now);
+  }
+  state.SetItemsProcessed(state.iterations());
+  benchmark::DoNotOptimize(ports[1]->bytes);
+}
+
 void register_all() {
+  for (bool locked : {false, true}) {
+    std::string l = locked ? "-locked" : "";
+    benchmark::RegisterBenchmark(("switch/unicast" + l).c_str(), [=](benchmark::State& s) { BM_Switch(s, false, locked); });
+    benchmark::RegisterBenchmark(("switch/flood" + l).c_str(), [=](benchmark::State& s) { BM_Switch(s, true, locked); });
+  }
   for (uint16_t ndesc : {uint16_t{1}, uint16_t{2}, uint16_t{4}})
     for (uint16_t batch : {uint16_t{1}, uint16_t{8}, uint16_t{32}}) {
       std::string suffix = "/ndesc:" + std::to_string(ndesc) + "/batch:" + std::to_string(batch);
@@ -326,6 +382,10 @@ int main(int argc, char** argv) {
     std::printf("== round %d of %d ==\n", r + 1, rounds);
     benchmark::RunSpecifiedBenchmarks(&rep);
   }
+  std::printf("\nSwitch decision per frame (no rings). Median over %d rounds, ns per frame:\n", rounds);
+  for (const char* c : {"switch/unicast", "switch/unicast-locked", "switch/flood", "switch/flood-locked"})
+    if (auto it = rep.ns_per_buf.find(c); it != rep.ns_per_buf.end())
+      std::printf("%-22s %10.2f\n", c, median(it->second));
   for (const char* mode : {"", "rt-", "xcore-", "busy-"}) {
   if (std::string(mode) == "rt-")
     std::printf("\nRound trip on one core (driver add + publish, device pop + push + flush,\n"

@@ -412,14 +412,23 @@ NetExport::NetExport(Daemon& d, NetSpec spec, std::unique_ptr<net::NetDevice> de
 NetExport::~NetExport() { stop(); }
 
 namespace {
-json::object port_counters(const net::PortStats& st) {
+// A port's counters and what its security lets it do (switch.h).
+json::object port_counters(const net::Switch& sw, const net::SwitchPort& p) {
+  const net::PortStats& st = p.stats();
   auto v = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
   json::object drops;
   for (unsigned k = 0; k < net::kDropKinds; ++k)
     drops[net::drop_name(static_cast<net::Drop>(k))] = v(st.drops[k]);
+  const net::PortSecurity& sec = p.security();
+  json::object security{{"mac_lock", sec.locked_mac != 0}, {"max_macs", sec.max_macs}, {"flood_rate", sec.flood_rate}};
+  if (sec.locked_mac != 0) security["locked_mac"] = net::format_mac(sec.locked_mac);
   return json::object{{"tx_packets", v(st.tx_packets)}, {"tx_bytes", v(st.tx_bytes)},
                       {"rx_packets", v(st.rx_packets)}, {"rx_bytes", v(st.rx_bytes)},
-                      {"drops", std::move(drops)}};
+                      {"drops", std::move(drops)},
+                      {"macs_learned", sw.macs_learned(p)},
+                      {"learn_refused", json::object{{"port_limit", v(st.learn_port_limit)},
+                                                     {"table_full", v(st.learn_table_full)}}},
+                      {"security", std::move(security)}};
 }
 }  // namespace
 
@@ -441,7 +450,7 @@ json::object NetExport::describe() const {
 }
 
 json::object NetExport::stats() const {
-  json::object o = port_counters(dev_->stats());
+  json::object o = port_counters(dev_->sw(), *dev_);
   o["id"] = spec_.id;
   o["switch"] = spec_.sw;
   o["promisc"] = dev_->promisc();
@@ -469,6 +478,14 @@ void NetExport::metrics(MetricsText& m) const {
     ld.emplace_back("reason", net::drop_name(static_cast<net::Drop>(k)));
     m.add("sluice_port_drops_total", "counter", "Frames dropped at the port, by reason.", ld, v(st.drops[k]));
   }
+  for (auto [reason, c] : {std::pair{"port_limit", &st.learn_port_limit}, std::pair{"table_full", &st.learn_table_full}}) {
+    MetricsText::Labels ld = l;
+    ld.emplace_back("reason", reason);
+    m.add("sluice_port_learn_refused_total", "counter",
+          "Source MACs the switch did not learn on the port (frames still forwarded), by reason.", ld, v(*c));
+  }
+  m.add("sluice_port_macs_learned", "gauge", "Source MACs the switch has learned on the port.", l,
+        static_cast<double>(dev_->sw().macs_learned(*dev_)));
 }
 
 // ---------------------------------------------------------------- Daemon
@@ -603,7 +620,7 @@ json::array Daemon::switch_list() const {
   for (auto& [name, sw] : switches_) {
     json::array ports;
     for (net::SwitchPort* p : sw->ports())
-      ports.push_back(json::object{{"name", p->name()}, {"kind", p->kind()}, {"counters", port_counters(p->stats())}});
+      ports.push_back(json::object{{"name", p->name()}, {"kind", p->kind()}, {"counters", port_counters(*sw, *p)}});
     a.push_back(json::object{{"name", name},
                              {"worker", sw->worker().name()},
                              {"aging_s", sw->aging_s()},
@@ -638,6 +655,9 @@ void Daemon::add_net(const NetSpec& spec) {
            : spec.mode == "source" ? net::PortMode::kSource
                                    : net::PortMode::kSwitch;
   o.source_frame = spec.frame;
+  o.mac_lock = spec.mac_lock;
+  o.max_macs = spec.max_macs;
+  o.flood_rate = spec.flood_rate;
   auto dev = net::NetDevice::create(o, sw);
   if (!dev.ok())
     throw std::runtime_error("cannot create port " + spec.id + " on switch " + spec.sw + ": " +
@@ -679,7 +699,8 @@ void Daemon::add_uplink(const UplinkSpec& spec) {
   eal_started_ = true;
   auto it = switches_.find(spec.sw);
   net::Switch& sw = it != switches_.end() ? *it->second : create_switch(spec.sw);
-  auto u = net::DpdkUplink::open(spec.name, spec.devargs, sw, spec.queue_size, err);
+  auto u = net::DpdkUplink::open(spec.name, spec.devargs, sw, spec.queue_size,
+                                 net::PortSecurity{0, spec.max_macs, spec.flood_rate}, err);
   if (!u.ok()) throw std::runtime_error("uplink " + spec.name + ": " + err);
   LOG_INFO("daemon", "uplink %s: DPDK port %u (%s, %s) on switch %s", spec.name.c_str(), u.value()->port_id(),
            u.value()->driver().c_str(), net::format_mac(u.value()->mac()).c_str(), spec.sw.c_str());
@@ -970,6 +991,7 @@ void Daemon::attach(const std::string& id, const std::string& vmm_spec, Done don
   }
   AttachRequest r{id, it->second->path(), vmm, it->second->queues(),
                   std::string(it->second->type()) == "net"};
+  if (auto* n = dynamic_cast<const NetExport*>(it->second.get())) r.mac = net::format_mac(n->spec().mac);
   busy_.insert(id);
   vmm_ops_.emplace_back([this, r, done] {
     std::string err;

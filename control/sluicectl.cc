@@ -70,7 +70,25 @@ void print_port(const std::string& title, const json::object& o) {
     uint64_t n = d.value().to_number<uint64_t>();
     if (n != 0) drops += (drops.empty() ? "" : ", ") + std::string(d.key()) + " " + std::to_string(n);
   }
-  std::printf("; drops: %s\n", drops.empty() ? "none" : drops.c_str());
+  std::printf("; drops: %s", drops.empty() ? "none" : drops.c_str());
+  if (o.contains("learn_refused")) {
+    auto& r = o.at("learn_refused").as_object();
+    uint64_t pl = r.at("port_limit").to_number<uint64_t>(), tf = r.at("table_full").to_number<uint64_t>();
+    if (pl + tf != 0)
+      std::printf("; not learned: port_limit %llu, table_full %llu", static_cast<unsigned long long>(pl),
+                  static_cast<unsigned long long>(tf));
+  }
+  if (o.contains("security")) {
+    auto& s = o.at("security").as_object();
+    std::printf("\n    MACs learned: %llu of at most %llu, %s, flood rate %s", u("macs_learned"),
+                static_cast<unsigned long long>(s.at("max_macs").to_number<uint64_t>()),
+                s.contains("locked_mac") ? ("locked to " + std::string(s.at("locked_mac").as_string())).c_str()
+                                         : "not locked",
+                s.at("flood_rate").to_number<uint64_t>() == 0
+                    ? "unlimited"
+                    : (std::to_string(s.at("flood_rate").to_number<uint64_t>()) + "/s").c_str());
+  }
+  std::printf("\n");
 }
 
 // One line per guest page that faulted (an export's poisoned_pages).

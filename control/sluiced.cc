@@ -57,10 +57,16 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
                                       back), sink (counted, dropped), source (the
                                       guest's rx queues filled with generated frames)
                       frame=N         mode=source: frame bytes, 60..MTU+14 (default 64)
+                      mac-lock=on|off the port sends only with its own MAC, which no
+                                      other port may use (default on)
+                      max-macs=N      source MACs learned on the port, 0..4096 (default 64)
+                      flood-rate=N    flooded frames (broadcast, multicast, unknown
+                                      destination) per second (default 10000; 0: no limit)
                       max-memory=SIZE, max-regions=N   as for --blk
                     e.g. --net id=vm1,path=/run/sluice/vm1-net.sock,switch=br0,queues=2
   --uplink SPEC     a DPDK ethdev port on a switch; repeatable:
-                      switch=NAME,[name=NAME,][queue-size=N,]dpdk=DEVARGS
+                      switch=NAME,[name=NAME,][queue-size=N,][max-macs=N (default 1024),]
+                      [flood-rate=N (default 0: no limit),]dpdk=DEVARGS
                     DEVARGS (last: it may hold commas) is any EAL device string,
                     e.g. dpdk=net_tap0,iface=sl0 or dpdk=0000:00:05.0 (vfio-pci)
   --dpdk-args ARGS  extra EAL arguments (space-separated) for the uplinks, e.g.

@@ -188,6 +188,11 @@ std::string id_from_path(const std::string& path, const char* fallback) {
 }
 }  // namespace
 
+// Bounds of the port-security keys: a switch's MAC table has 4096 entries;
+// a flood rate above 100 M frames/s is no limit.
+constexpr uint64_t net_max_macs = 4096;
+constexpr uint64_t net_max_flood = 100000000;
+
 void check_switch_name(const std::string& n) {
   if (n.empty() || n.size() > 32) throw SpecError("switch: 1..32 characters");
   for (char c : n)
@@ -245,10 +250,18 @@ NetSpec parse_net_spec(const std::string& text) {
     } else if (key == "frame") {
       s.frame = static_cast<uint32_t>(parse_uint(key, val, 9014));
       have_frame = true;
+    } else if (key == "mac-lock") {
+      if (val != "on" && val != "off") throw SpecError("mac-lock: on or off");
+      s.mac_lock = val == "on";
+    } else if (key == "max-macs") {
+      s.max_macs = static_cast<uint32_t>(parse_uint(key, val, net_max_macs));
+    } else if (key == "flood-rate") {
+      s.flood_rate = static_cast<uint32_t>(parse_uint(key, val, net_max_flood));
     } else if (parse_limit(key, val, s.limits)) {
     } else {
       throw SpecError("unknown key '" + key +
-                      "' (id, path, switch, queues, queue-size, mtu, mac, mode, frame, max-memory, max-regions)");
+                      "' (id, path, switch, queues, queue-size, mtu, mac, mode, frame, mac-lock, max-macs, flood-rate, "
+                      "max-memory, max-regions)");
     }
   }
   if (!have_path) throw SpecError("path= is required (the vhost-user socket to create)");
@@ -287,12 +300,16 @@ UplinkSpec parse_uplink_spec(const std::string& text) {
     } else if (key == "queue-size") {
       u.queue_size = static_cast<uint16_t>(parse_uint(key, val, 4096));
       if (u.queue_size < 64) throw SpecError("queue-size: 64..4096");
+    } else if (key == "max-macs") {
+      u.max_macs = static_cast<uint32_t>(parse_uint(key, val, net_max_macs));
+    } else if (key == "flood-rate") {
+      u.flood_rate = static_cast<uint32_t>(parse_uint(key, val, net_max_flood));
     } else if (key == "name") {
       if (val.empty() || val.size() > 32 || val.find_first_of(" /\t") != std::string::npos)
         throw SpecError("name: 1..32 characters, no spaces or '/'");
       u.name = val;
     } else {
-      throw SpecError("unknown key '" + key + "' (name, switch, queue-size, then dpdk=DEVARGS last)");
+      throw SpecError("unknown key '" + key + "' (name, switch, queue-size, max-macs, flood-rate, then dpdk=DEVARGS last)");
     }
   }
   if (!have_switch) throw SpecError("switch= is required (before dpdk=)");

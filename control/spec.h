@@ -48,6 +48,10 @@ struct NetSpec {
   uint64_t mac = 0;           // 0: derived from the id (52:54:00:xx:xx:xx)
   std::string mode = "switch";  // switch, reflect, sink, source
   uint32_t frame = 64;        // source: frame bytes
+  // Port security (docs/SECURITY.md): mac-lock=on|off, max-macs=N, flood-rate=N.
+  bool mac_lock = true;
+  uint32_t max_macs = 64;
+  uint32_t flood_rate = 10000;  // flooded frames per second; 0: unlimited
   ExportLimits limits;
   friend bool operator==(const NetSpec&, const NetSpec&) = default;
 };
@@ -59,6 +63,8 @@ struct UplinkSpec {
   std::string sw;
   std::string devargs;
   uint16_t queue_size = 1024;
+  uint32_t max_macs = 1024;   // source MACs learned from the wire
+  uint32_t flood_rate = 0;    // flooded frames per second; 0: unlimited
   friend bool operator==(const UplinkSpec&, const UplinkSpec&) = default;
 };
 

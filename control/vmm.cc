@@ -77,8 +77,9 @@ Attachment qmp_attach(const AttachRequest& r, std::chrono::milliseconds timeout)
                 timeout);
       json::object dev{{"driver", "virtio-net-pci"}, {"id", a.device_id}, {"netdev", a.netdev_id}};
       if (r.queues > 1) dev["mq"] = true;
+      if (!r.mac.empty()) dev["mac"] = r.mac;
       // Under TCG QEMU 7.2 crashes when a vhost-user-net device starts with
-      // MSI-X (../shared/recipes/qemu-guest): INTx there, MSI-X with KVM.
+      // MSI-X: INTx there, MSI-X with KVM.
       json::value kvm = q.execute("query-kvm");
       bool kvm_on = kvm.is_object() && kvm.as_object().if_contains("enabled") &&
                     kvm.as_object().at("enabled").is_bool() && kvm.as_object().at("enabled").as_bool();

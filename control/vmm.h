@@ -22,6 +22,7 @@ struct AttachRequest {
   std::string vmm;       // the VMM's QMP socket
   uint16_t queues = 1;   // virtqueues (blk) or queue pairs (net)
   bool net = false;      // virtio-net-pci over netdev vhost-user, not vhost-user-blk-pci
+  std::string mac;       // net: the port's MAC, given to the device (a locked port sends only with it)
 };
 
 struct Attachment {

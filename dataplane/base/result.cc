@@ -55,6 +55,7 @@ std::string_view errc_name(Errc e) noexcept {
     case Errc::kVringAddrNotMapped: return "vring-addr-not-mapped";
     case Errc::kNotEventFd: return "not-eventfd";
     case Errc::kConfigOutOfRange: return "config-out-of-range";
+    case Errc::kMacLocked: return "mac-locked";
     case Errc::kQueueRunning: return "queue-running";
     case Errc::kBlkNoStatus: return "blk-no-status";
     case Errc::kBlkShortHeader: return "blk-short-header";

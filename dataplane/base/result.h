@@ -69,6 +69,7 @@ enum class Errc : uint16_t {
   kVringAddrNotMapped,    // ring address outside the memory table
   kNotEventFd,            // a kick/call/err fd that is not an eventfd
   kConfigOutOfRange,      // GET/SET_CONFIG window outside config space
+  kMacLocked,             // a config write of a MAC other than a locked port's own
   kQueueRunning,          // a change only allowed on a stopped queue
   // virtio-blk requests (dataplane/blk), virtio 1.2 section 5.2.6
   kBlkNoStatus,           // no writable byte for the status: cannot even report

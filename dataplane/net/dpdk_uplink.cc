@@ -73,7 +73,8 @@ DpdkUplink::DpdkUplink(std::string name, std::string devargs, Switch& sw)
     : SwitchPort(std::move(name)), devargs_(std::move(devargs)), sw_(sw) {}
 
 Result<std::unique_ptr<DpdkUplink>> DpdkUplink::open(const std::string& name, const std::string& devargs,
-                                                     Switch& sw, uint16_t ring_size, std::string& error) {
+                                                     Switch& sw, uint16_t ring_size, const PortSecurity& sec,
+                                                     std::string& error) {
   if (Status s = init_eal({}, error); !s.ok()) return s.error();
   std::unique_ptr<DpdkUplink> u(new DpdkUplink(name, devargs, sw));
   // The device's name is the device string up to its first comma.
@@ -111,6 +112,7 @@ Result<std::unique_ptr<DpdkUplink>> DpdkUplink::open(const std::string& name, co
   rte_ether_addr mac{};
   if (rte_eth_macaddr_get(u->port_, &mac) == 0)
     for (int i = 0; i < 6; ++i) u->mac_ = u->mac_ << 8 | mac.addr_bytes[i];
+  u->set_security(sec);
   if (Status s = sw.add_port(*u); !s.ok()) {
     error = "switch " + sw.name() + " is full";
     return s.error();

@@ -35,7 +35,8 @@ class DpdkUplink final : public SwitchPort, public Pollable {
   // Probes the device (rte_dev_probe), configures one rx and one tx queue,
   // starts it in promiscuous mode, and joins the switch.
   static Result<std::unique_ptr<DpdkUplink>> open(const std::string& name, const std::string& devargs,
-                                                  Switch& sw, uint16_t ring_size, std::string& error);
+                                                  Switch& sw, uint16_t ring_size, const PortSecurity& sec,
+                                                  std::string& error);
   ~DpdkUplink() override;
 
   // SwitchPort (worker)

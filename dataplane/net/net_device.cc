@@ -562,6 +562,7 @@ Result<std::unique_ptr<NetDevice>> NetDevice::create(const NetOptions& o, Switch
   d->pairs_set_.store(o.queue_pairs, std::memory_order_relaxed);
   d->queues_.init({&sw.worker()}, d->max_queues());
   d->rx_.assign(o.queue_pairs, nullptr);
+  d->set_security(PortSecurity{o.mac_lock ? o.mac : 0, o.max_macs, o.flood_rate});
   if (Status s = sw.add_port(*d); !s.ok()) return s.error();
   return d;
 }
@@ -600,6 +601,12 @@ Status NetDevice::write_config(uint32_t offset, std::span<const uint8_t> data) {
   // else is writable.
   if (!(features_ >> virtq::kFVersion1 & 1) && offset + data.size() <= 6) {
     std::lock_guard lk(config_mu_);
+    if (opts_.mac_lock) {
+      // A locked port's MAC is the operator's: the same bytes are accepted.
+      for (size_t i = 0; i < data.size(); ++i)
+        if (data[i] != static_cast<uint8_t>(opts_.mac >> (40 - 8 * (offset + i)))) return Errc::kMacLocked;
+      return {};
+    }
     std::memcpy(config_.mac + offset, data.data(), data.size());
     return {};
   }
@@ -710,6 +717,7 @@ uint8_t NetDevice::control(uint8_t cls, uint8_t cmd, const uint8_t* data, uint32
         uint64_t m = 0;
         for (int i = 0; i < 6; ++i) m = m << 8 | data[i];
         if (is_multicast(m) || m == 0) return kCtrlErr;
+        if (opts_.mac_lock && m != opts_.mac) return kCtrlErr;  // the operator's MAC; see NetOptions
         std::lock_guard lk(config_mu_);
         std::memcpy(config_.mac, data, 6);
         mac_ = m;

@@ -39,6 +39,12 @@ struct NetOptions {
   uint64_t mac = 0x525400000001ull;
   PortMode mode = PortMode::kSwitch;
   uint32_t source_frame = 64;  // frame bytes a source port generates
+  // Port security (switch.h): the port sends with `mac` only and the guest
+  // cannot change it (CTRL_MAC_ADDR_SET / a legacy config write of another
+  // MAC fail).
+  bool mac_lock = true;
+  uint32_t max_macs = 64;       // source MACs learned on the port (mac_lock=false)
+  uint32_t flood_rate = 10000;  // flooded frames per second (0: unlimited)
 };
 
 class NetQueue;

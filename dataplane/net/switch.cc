@@ -20,6 +20,9 @@ const char* drop_name(Drop d) {
     case Drop::kFiltered: return "filtered";
     case Drop::kUplinkFull: return "uplink_full";
     case Drop::kGuestFault: return "guest_memory_fault";
+    case Drop::kSrcMacLocked: return "src_mac_locked";
+    case Drop::kSrcMacOwned: return "src_mac_owned";
+    case Drop::kFloodLimit: return "flood_limit";
     case Drop::kCount: break;
   }
   return "?";
@@ -111,8 +114,12 @@ Status Switch::add_port(SwitchPort& p) {
   for (uint16_t s = 1; s <= kMaxPorts; ++s) {
     if (ports_[s].load(std::memory_order_relaxed) != nullptr) continue;
     // A new generation: MAC entries learned on the slot's previous owner
-    // no longer match.
+    // no longer match (and are not counted: the count starts again).
     port_gen_[s].store(++gen_[s], std::memory_order_relaxed);
+    nmacs_[s].store(0, std::memory_order_relaxed);
+    lock_mac_[s].store(p.sec_.locked_mac, std::memory_order_relaxed);
+    p.flood_tokens_ = p.sec_.flood_burst() * 1000000000ull;
+    p.flood_at_ = 0;
     p.slot_ = s;
     ports_[s].store(&p, std::memory_order_release);
     if (s > top_.load(std::memory_order_relaxed)) top_.store(s, std::memory_order_release);
@@ -126,6 +133,7 @@ void Switch::remove_port(SwitchPort& p) {
   if (s == 0 || ports_[s].load(std::memory_order_relaxed) != &p) return;
   ports_[s].store(nullptr, std::memory_order_release);
   port_gen_[s].store(++gen_[s], std::memory_order_relaxed);
+  lock_mac_[s].store(0, std::memory_order_relaxed);
   // The worker finishes the burst it is in; later bursts cannot see p.
   worker_.sync();
   p.slot_ = 0;
@@ -142,54 +150,170 @@ uint32_t Switch::hash(uint64_t mac) noexcept {
   return static_cast<uint32_t>((mac * 0x9e3779b97f4a7c15ull) >> 40);
 }
 
-void Switch::learn(uint64_t mac, uint16_t slot, uint64_t now) noexcept {
-  uint64_t key = mac | uint64_t{slot} << 48 |
-                 uint64_t{port_gen_[slot].load(std::memory_order_relaxed)} << 56;
-  uint32_t h = hash(mac);
+namespace {
+constexpr uint64_t kMacMask = 0xffffffffffffull;
+uint16_t key_slot(uint64_t k) noexcept { return static_cast<uint16_t>(k >> 48 & 0xff); }
+void bump(std::atomic<uint64_t>& c) noexcept {
+  c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+}  // namespace
+
+bool Switch::live(uint64_t k) const noexcept {
+  uint16_t slot = key_slot(k);
+  return k != 0 && port_gen_[slot].load(std::memory_order_relaxed) == static_cast<uint8_t>(k >> 56) &&
+         ports_[slot].load(std::memory_order_relaxed) != nullptr;
+}
+
+void Switch::release(uint64_t k) noexcept {
+  // Only a live entry was counted (a slot's count restarts when it is reused).
+  if (!live(k)) return;
+  std::atomic<uint32_t>& n = nmacs_[key_slot(k)];
+  uint32_t v = n.load(std::memory_order_relaxed);
+  if (v != 0) n.store(v - 1, std::memory_order_relaxed);
+}
+
+uint16_t Switch::locked_owner(uint64_t mac) const noexcept {
+  uint16_t top = top_.load(std::memory_order_acquire);
+  for (uint16_t s = 1; s <= top; ++s)
+    if (lock_mac_[s].load(std::memory_order_relaxed) == mac && ports_[s].load(std::memory_order_relaxed) != nullptr)
+      return s;
+  return 0;
+}
+
+Switch::Learn Switch::learn(uint64_t mac, uint16_t slot, uint64_t now) noexcept {
+  const uint64_t key = mac | uint64_t{slot} << 48 |
+                       uint64_t{port_gen_[slot].load(std::memory_order_relaxed)} << 56;
+  const uint32_t h = hash(mac);
+  for (unsigned i = 0; i < kMacProbe; ++i) {
+    Entry& e = macs_[(h + i) & (kMacBuckets - 1)];
+    uint64_t k = e.key.load(std::memory_order_relaxed);
+    if (k == key) {
+      // Known here. Refreshing the timestamp at most every ~100 ms keeps
+      // the line quiet.
+      if (now - e.seen.load(std::memory_order_relaxed) > 100000000ull) e.seen.store(now, std::memory_order_relaxed);
+      return Learn::kOk;
+    }
+    if (k != 0 && (k & kMacMask) == mac) return learn_move(e, key, now);
+  }
+  return learn_new(key, h, now);
+}
+
+Switch::Learn Switch::learn_move(Entry& e, uint64_t key, uint64_t now) noexcept {
+  // Seen on another port (or on its port's previous owner): a move, unless
+  // the MAC is a locked port's, or the sender has learned all it may.
+  const uint64_t mac = key & kMacMask;
+  const uint16_t slot = key_slot(key);
+  if (uint16_t o = locked_owner(mac); o != 0 && o != slot) return Learn::kOwned;
+  SwitchPort* p = ports_[slot].load(std::memory_order_relaxed);
+  if (nmacs_[slot].load(std::memory_order_relaxed) >= p->sec_.max_macs) return Learn::kPortLimit;
+  release(e.key.load(std::memory_order_relaxed));
+  e.key.store(key, std::memory_order_relaxed);
+  e.seen.store(now, std::memory_order_relaxed);
+  nmacs_[slot].store(nmacs_[slot].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  bump(learned_);
+  return Learn::kOk;
+}
+
+Switch::Learn Switch::learn_new(uint64_t key, uint32_t h, uint64_t now) noexcept {
+  const uint64_t mac = key & kMacMask;
+  const uint16_t slot = key_slot(key);
+  if (uint16_t o = locked_owner(mac); o != 0 && o != slot) return Learn::kOwned;
+  SwitchPort* p = ports_[slot].load(std::memory_order_relaxed);
+  if (nmacs_[slot].load(std::memory_order_relaxed) >= p->sec_.max_macs) return Learn::kPortLimit;
+  // Where it may go in its probe window: an empty, stale or aged entry
+  // first, else the oldest of the port's own; never another port's fresh one.
   Entry* victim = nullptr;
   uint64_t oldest = UINT64_MAX;
   for (unsigned i = 0; i < kMacProbe; ++i) {
     Entry& e = macs_[(h + i) & (kMacBuckets - 1)];
     uint64_t k = e.key.load(std::memory_order_relaxed);
-    if ((k & 0xffffffffffffull) == mac && k != 0) {
-      if (k != key) {  // moved to another port (or its port was replaced)
-        e.key.store(key, std::memory_order_relaxed);
-        learned_.store(learned_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-      }
-      // Refreshing the timestamp at most every ~100 ms keeps the line quiet.
-      if (now - e.seen.load(std::memory_order_relaxed) > 100000000ull)
-        e.seen.store(now, std::memory_order_relaxed);
-      return;
+    uint64_t seen = e.seen.load(std::memory_order_relaxed);
+    if (!live(k) || now - seen > aging_ns_) {
+      victim = &e;
+      break;
     }
-    uint64_t seen = k == 0 ? 0 : e.seen.load(std::memory_order_relaxed);
-    if (seen < oldest) {
+    if (key_slot(k) == slot && seen < oldest) {
       oldest = seen;
       victim = &e;
     }
   }
-  // Not known: take an empty bucket of the probe window, or its oldest entry.
+  if (victim == nullptr) return Learn::kTableFull;
+  release(victim->key.load(std::memory_order_relaxed));
   victim->key.store(key, std::memory_order_relaxed);
   victim->seen.store(now, std::memory_order_relaxed);
-  learned_.store(learned_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  nmacs_[slot].store(nmacs_[slot].load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  bump(learned_);
+  return Learn::kOk;
 }
 
-SwitchPort* Switch::lookup(uint64_t mac, uint64_t now) const noexcept {
+SwitchPort* Switch::lookup(uint64_t mac, uint64_t now) noexcept {
   uint32_t h = hash(mac);
   for (unsigned i = 0; i < kMacProbe; ++i) {
     const Entry& e = macs_[(h + i) & (kMacBuckets - 1)];
     uint64_t k = e.key.load(std::memory_order_relaxed);
-    if (k == 0 || (k & 0xffffffffffffull) != mac) continue;
-    if (now - e.seen.load(std::memory_order_relaxed) > aging_ns_) return nullptr;  // aged out
-    uint16_t slot = static_cast<uint16_t>(k >> 48 & 0xff);
-    if (port_gen_[slot].load(std::memory_order_relaxed) != static_cast<uint8_t>(k >> 56)) return nullptr;
+    if (k == 0 || (k & kMacMask) != mac) continue;
+    if (now - e.seen.load(std::memory_order_relaxed) > aging_ns_) break;  // aged out
+    uint16_t slot = key_slot(k);
+    if (port_gen_[slot].load(std::memory_order_relaxed) != static_cast<uint8_t>(k >> 56)) break;
     return ports_[slot].load(std::memory_order_acquire);
+  }
+  return lookup_locked(mac, now);
+}
+
+SwitchPort* Switch::lookup_locked(uint64_t mac, uint64_t now) noexcept {
+  // Not learned: a locked port's MAC is known without it (a port that has
+  // not sent yet, a sink); learned on its behalf so the next frame hits.
+  if (uint16_t o = locked_owner(mac)) {
+    (void)learn(mac, o, now);  // its own MAC: within any max_macs, or forwarded unlearned
+    return ports_[o].load(std::memory_order_acquire);
   }
   return nullptr;
 }
 
+bool Switch::flood_ok(SwitchPort& from, uint64_t now) noexcept {
+  const uint64_t rate = from.sec_.flood_rate;
+  constexpr uint64_t kUnit = 1000000000ull;  // tokens per frame
+  const uint64_t cap = from.sec_.flood_burst() * kUnit;
+  if (from.flood_at_ != 0 && now > from.flood_at_) {
+    uint64_t dt = std::min<uint64_t>(now - from.flood_at_, kUnit);  // a second refills any bucket; rate < 2^32: no overflow
+    from.flood_tokens_ = std::min(cap, from.flood_tokens_ + dt * rate);
+  }
+  from.flood_at_ = now;
+  if (from.flood_tokens_ < kUnit) return false;
+  from.flood_tokens_ -= kUnit;
+  return true;
+}
+
+void Switch::sweep(uint64_t now) noexcept {
+  sweep_at_ = now;
+  for (Entry& e : macs_) {
+    uint64_t k = e.key.load(std::memory_order_relaxed);
+    if (k == 0) continue;
+    if (live(k) && now - e.seen.load(std::memory_order_relaxed) <= aging_ns_) continue;
+    release(k);
+    e.key.store(0, std::memory_order_relaxed);
+  }
+}
+
 void Switch::forward(SwitchPort& from, const Packet& p, uint16_t qp, uint64_t now) noexcept {
   uint64_t src = p.src(), dst = p.dst();
-  if (!is_multicast(src)) learn(src, from.slot_, now);
+  const uint64_t lock = from.sec_.locked_mac;
+  if (lock != 0 && src != lock) [[unlikely]] {
+    from.stats().drop(Drop::kSrcMacLocked);
+    return;
+  }
+  if (now - sweep_at_ > kSweepNs) [[unlikely]]
+    sweep(now);
+  if (!is_multicast(src)) {
+    switch (learn(src, from.slot_, now)) {
+      case Learn::kOk: break;
+      case Learn::kOwned:
+        from.stats().drop(Drop::kSrcMacOwned);
+        return;
+      case Learn::kPortLimit: bump(from.stats().learn_port_limit); break;
+      case Learn::kTableFull: bump(from.stats().learn_table_full); break;
+    }
+  }
   if (!is_multicast(dst)) {
     if (SwitchPort* to = lookup(dst, now)) {
       // A frame for a MAC learned on its own port stays there (as any
@@ -198,7 +322,11 @@ void Switch::forward(SwitchPort& from, const Packet& p, uint16_t qp, uint64_t no
       return;
     }
   }
-  flooded_.store(flooded_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  if (from.sec_.flood_rate != 0 && !flood_ok(from, now)) {
+    from.stats().drop(Drop::kFloodLimit);
+    return;
+  }
+  bump(flooded_);
   uint16_t top = top_.load(std::memory_order_acquire);
   for (uint16_t s = 1; s <= top; ++s) {
     SwitchPort* to = ports_[s].load(std::memory_order_acquire);
@@ -219,11 +347,10 @@ std::vector<MacEntry> Switch::mac_table() const {
     if (k == 0) continue;
     uint64_t seen = e.seen.load(std::memory_order_relaxed);
     if (now > seen && now - seen > aging_ns_) continue;
-    uint16_t slot = static_cast<uint16_t>(k >> 48 & 0xff);
-    if (port_gen_[slot].load(std::memory_order_relaxed) != static_cast<uint8_t>(k >> 56)) continue;
-    SwitchPort* p = ports_[slot].load(std::memory_order_acquire);
+    if (!live(k)) continue;
+    SwitchPort* p = ports_[key_slot(k)].load(std::memory_order_acquire);
     if (p == nullptr) continue;
-    v.push_back(MacEntry{k & 0xffffffffffffull, p->name(), now > seen ? double(now - seen) / 1e9 : 0});
+    v.push_back(MacEntry{k & kMacMask, p->name(), now > seen ? double(now - seen) / 1e9 : 0});
   }
   std::sort(v.begin(), v.end(), [](const MacEntry& a, const MacEntry& b) { return a.mac < b.mac; });
   return v;

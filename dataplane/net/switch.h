@@ -6,9 +6,17 @@
 // queue in between. Scale out with more switches (each on its own worker).
 //
 // The MAC table is written only by that worker (learning on every frame,
-// aging by timestamp) and read by the control plane for display; the port
-// table is written only by the control thread, which waits for the worker's
-// next burst before a removed port may be destroyed.
+// aging by timestamp, a sweep of aged entries once a second) and read by the
+// control plane for display; the port table is written only by the control
+// thread, which waits for the worker's next burst before a removed port may
+// be destroyed.
+//
+// Port security (docs/SECURITY.md, "The switch"): a locked port sends only
+// with its own MAC, and no other port may use that MAC; each port learns at
+// most its `max_macs` source MACs and can replace only its own or aged
+// entries, never another port's; a port's flooded frames (broadcast,
+// multicast, unknown unicast) pass a token bucket. Every refusal is counted
+// on the port with its reason.
 #pragma once
 
 #include <sys/uio.h>
@@ -42,6 +50,9 @@ enum class Drop : uint8_t {
   kFiltered,     // the receiver's rx filter (promisc/MAC table) refused it
   kUplinkFull,   // the uplink's transmit queue was full
   kGuestFault,   // sender's or receiver's guest memory faulted (now, or a poisoned page)
+  kSrcMacLocked, // a locked port sent with a source MAC other than its own
+  kSrcMacOwned,  // the source MAC is another (locked) port's
+  kFloodLimit,   // the port's flooded frames went past its flood rate
   kCount,
 };
 inline constexpr unsigned kDropKinds = static_cast<unsigned>(Drop::kCount);
@@ -53,6 +64,10 @@ const char* drop_name(Drop d);
 struct PortStats {
   std::atomic<uint64_t> tx_packets{0}, tx_bytes{0}, rx_packets{0}, rx_bytes{0};
   std::atomic<uint64_t> drops[kDropKinds] = {};
+  // Source MACs not learned (the frame itself still forwarded): the port
+  // had learned its max_macs already, or every entry where the MAC would go
+  // belongs to another port and is fresh.
+  std::atomic<uint64_t> learn_port_limit{0}, learn_table_full{0};
   static void add(std::atomic<uint64_t>& c, uint64_t n) noexcept {
     c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
   }
@@ -99,6 +114,17 @@ std::string format_mac(uint64_t mac);
 // "52:54:00:12:34:56" -> 48-bit value; false when malformed.
 bool parse_mac(const std::string& s, uint64_t& out);
 
+// What a port may do on its switch. Set before the port joins (add_port
+// copies it); fixed while the port is on the switch.
+struct PortSecurity {
+  uint64_t locked_mac = 0;  // nonzero: the only source MAC the port may send with, and no other port's
+  uint32_t max_macs = 64;   // source MACs the switch learns on the port at most
+  uint32_t flood_rate = 0;  // frames per second it may flood, bursts of flood_burst(); 0: unlimited
+  // Bucket depth: a tenth of a second's worth, at least 16 frames (a guest's
+  // ARP/ND/DHCP burst at boot).
+  uint64_t flood_burst() const noexcept { return flood_rate / 10 > 16 ? flood_rate / 10 : 16; }
+};
+
 class SwitchPort {
  public:
   explicit SwitchPort(std::string name) : name_(std::move(name)) {}
@@ -114,12 +140,19 @@ class SwitchPort {
   const PortStats& stats() const noexcept { return stats_; }
   // Set by the switch when the port joins: its slot in the port table.
   uint16_t slot() const noexcept { return slot_; }
+  // Control thread, before the port joins a switch.
+  void set_security(const PortSecurity& s) noexcept { sec_ = s; }
+  const PortSecurity& security() const noexcept { return sec_; }
 
  private:
   friend class Switch;
   std::string name_;
   PortStats stats_;
   uint16_t slot_ = 0;
+  PortSecurity sec_;
+  // The flood bucket (switch's worker): tokens in units of 1e-9 frame, so
+  // a refill is (ns elapsed) * rate with no division.
+  uint64_t flood_tokens_ = 0, flood_at_ = 0;
 };
 
 struct MacEntry {
@@ -140,6 +173,10 @@ class Switch {
 
   const std::string& name() const noexcept { return name_; }
   Worker& worker() noexcept { return worker_; }
+  // Source MACs learned on the port now (entries not yet aged out and swept).
+  uint32_t macs_learned(const SwitchPort& p) const noexcept {
+    return p.slot_ == 0 ? 0 : nmacs_[p.slot_].load(std::memory_order_relaxed);
+  }
   uint64_t aging_s() const noexcept { return aging_ns_ / 1000000000ull; }
 
   // Control thread. add_port fails when the switch is full; after
@@ -152,8 +189,9 @@ class Switch {
   uint64_t flooded() const noexcept { return flooded_.load(std::memory_order_relaxed); }
   uint64_t learned() const noexcept { return learned_.load(std::memory_order_relaxed); }
 
-  // Worker: learn the sender's MAC on `from`, then deliver to the port that
-  // owns the destination, or flood (broadcast, multicast, unknown, aged).
+  // Worker: check the sender's source MAC against the ports' locks, learn
+  // it on `from`, then deliver to the port that owns the destination, or
+  // flood (broadcast, multicast, unknown, aged) within `from`'s flood rate.
   void forward(SwitchPort& from, const Packet& p, uint16_t qp, uint64_t now_ns) noexcept;
 
   static uint64_t now_ns() noexcept;
@@ -164,8 +202,25 @@ class Switch {
     std::atomic<uint64_t> key{0};
     std::atomic<uint64_t> seen{0};  // ns
   };
-  void learn(uint64_t mac, uint16_t slot, uint64_t now) noexcept;
-  SwitchPort* lookup(uint64_t mac, uint64_t now) const noexcept;
+  static constexpr uint64_t kSweepNs = 1000000000ull;
+  enum class Learn : uint8_t { kOk, kOwned, kPortLimit, kTableFull };
+  // The hit (a MAC known on its port) is the fast path; a move or a new MAC
+  // goes out of line.
+  Learn learn(uint64_t mac, uint16_t slot, uint64_t now) noexcept;
+  [[gnu::noinline]] Learn learn_move(Entry& e, uint64_t key, uint64_t now) noexcept;
+  [[gnu::noinline]] Learn learn_new(uint64_t key, uint32_t h, uint64_t now) noexcept;
+  SwitchPort* lookup(uint64_t mac, uint64_t now) noexcept;
+  [[gnu::noinline]] SwitchPort* lookup_locked(uint64_t mac, uint64_t now) noexcept;
+  // The slot of the live locked port whose MAC this is, or 0 (a scan of the
+  // port table: only on a miss, a move or a new MAC).
+  uint16_t locked_owner(uint64_t mac) const noexcept;
+  // Whether an entry's port still owns it (its generation is current).
+  bool live(uint64_t key) const noexcept;
+  // The flood bucket of a port with a flood rate (nonzero).
+  bool flood_ok(SwitchPort& from, uint64_t now) noexcept;
+  // Worker: clears aged and stale entries, once a second at most.
+  void sweep(uint64_t now) noexcept;
+  void release(uint64_t key) noexcept;
   static uint32_t hash(uint64_t mac) noexcept;
 
   std::string name_;
@@ -175,7 +230,10 @@ class Switch {
   std::array<uint8_t, kMaxPorts + 1> gen_{};                      // control thread; copied into port_gen_
   std::array<std::atomic<uint8_t>, kMaxPorts + 1> port_gen_{};
   std::atomic<uint16_t> top_{0};  // highest slot in use
+  std::array<std::atomic<uint64_t>, kMaxPorts + 1> lock_mac_{};  // control thread; 0: unlocked
+  std::array<std::atomic<uint32_t>, kMaxPorts + 1> nmacs_{};     // worker (reset by add_port)
   std::vector<Entry> macs_;
+  uint64_t sweep_at_ = 0;  // worker
   std::atomic<uint64_t> flooded_{0}, learned_{0};
 };
 

@@ -43,9 +43,9 @@ WCPU=$((CPUS > 1 ? 1 : 0))
 "$SLUICED" --api "$D/api.sock" --cpus $WCPU --log-level warn \
   --net "id=r,path=$D/r.sock,switch=refl,mode=reflect" \
   --net "id=r2,path=$D/r2.sock,switch=refl2,mode=reflect,queues=2" \
-  --net "id=a,path=$D/a.sock,switch=sw0" \
-  --net "id=b,path=$D/b.sock,switch=sw0" \
-  --net "id=u,path=$D/u.sock,switch=up" > "$D/sluiced.log" 2>&1 &
+  --net "id=a,path=$D/a.sock,switch=sw0,mac=52:54:00:30:00:0a" \
+  --net "id=b,path=$D/b.sock,switch=sw0,mac=52:54:00:30:00:0b" \
+  --net "id=u,path=$D/u.sock,switch=up,mac=52:54:00:40:00:01" > "$D/sluiced.log" 2>&1 &
 SPID=$!
 for _ in $(seq 50); do [ -S "$D/api.sock" ] && break; sleep 0.1; done
 [ -S "$D/api.sock" ] || { cat "$D/sluiced.log"; echo "FAIL: sluiced did not start"; exit 1; }
@@ -112,6 +112,21 @@ for p in a b; do
 done
 ctl switch macs sw0
 ctl switch list | head -5
+
+# Port security: b's front-end sends with a's MAC (b is locked to its own):
+# every frame refused and counted at b, none reaches a.
+drops() {
+  ctl --json stats "$1" | python3 -c "import json,sys; print(json.load(sys.stdin)['drops']['$2'])"
+}
+rx_a=$(counter a rx_packets)
+rm -f "$D/outs.pcap"
+testpmd b 3 "" --vdev "net_pcap0,rx_pcap=$D/ina.pcap,tx_pcap=$D/outs.pcap" --vdev "net_virtio_user0,path=$D/b.sock,queue_size=1024"
+spoofed=$(drops b src_mac_locked)
+if [ "$spoofed" -eq $N ] && [ "$(counter a rx_packets)" -eq "$rx_a" ]; then
+  note "mac lock: $N frames with another port's source MAC refused (src_mac_locked), none delivered"
+else
+  bad "mac lock: b counted $spoofed src_mac_locked drops (want $N); a received $(($(counter a rx_packets) - rx_a))"
+fi
 
 # A DPDK uplink (net_tap) on switch "up", added at run time through the API.
 TAP=sltap$$

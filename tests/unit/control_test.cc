@@ -73,6 +73,27 @@ TEST(Spec, ExportLimits) {
   EXPECT_THROW(parse_net_spec("path=/tmp/n.sock,max-regions=1000"), SpecError);
 }
 
+TEST(Spec, PortSecurity) {
+  NetSpec n = parse_net_spec("path=/tmp/n.sock");
+  EXPECT_TRUE(n.mac_lock);
+  EXPECT_EQ(n.max_macs, 64u);
+  EXPECT_EQ(n.flood_rate, 10000u);
+  n = parse_net_spec("path=/tmp/n.sock,mac-lock=off,max-macs=4096,flood-rate=0");
+  EXPECT_FALSE(n.mac_lock);
+  EXPECT_EQ(n.max_macs, 4096u);
+  EXPECT_EQ(n.flood_rate, 0u);
+  for (const char* bad : {"path=/tmp/n.sock,mac-lock=yes", "path=/tmp/n.sock,max-macs=4097",
+                          "path=/tmp/n.sock,flood-rate=fast", "path=/tmp/n.sock,flood-rate=100000001"})
+    EXPECT_THROW(parse_net_spec(bad), SpecError) << bad;
+  UplinkSpec u = parse_uplink_spec("switch=up,dpdk=net_tap0,iface=x");
+  EXPECT_EQ(u.max_macs, 1024u);
+  EXPECT_EQ(u.flood_rate, 0u);
+  u = parse_uplink_spec("switch=up,max-macs=16,flood-rate=500,dpdk=net_tap0");
+  EXPECT_EQ(u.max_macs, 16u);
+  EXPECT_EQ(u.flood_rate, 500u);
+  EXPECT_THROW(parse_uplink_spec("switch=up,max-macs=5000,dpdk=net_tap0"), SpecError);
+}
+
 TEST(BlkSpec, Refusals) {
   for (const char* bad : {
            "file=/x",                                   // no path
@@ -474,6 +495,30 @@ TEST(Qmp, AttachSendsTheCommandsInOrder) {
   EXPECT_EQ(a.qemu_version, "7.2.0");
   EXPECT_EQ(q.seen(), (std::vector<std::string>{"qmp_capabilities", "query-memdev", "qom-list", "query-chardev",
                                                 "chardev-add", "device_add", "qom-get"}));
+}
+
+TEST(Qmp, ANetPortIsAddedWithItsMac) {
+  json::object dev;
+  std::mutex mu;
+  FakeQmp q("/tmp/sluice-fakeqmp-4.sock", [&](const std::string& cmd, const json::object& m) -> std::string {
+    if (cmd == "query-memdev") return kSharedMem;
+    if (cmd == "qom-list" || cmd == "query-chardev") return R"({"return": [], "id": "ID"})";
+    if (cmd == "query-kvm") return R"({"return": {"enabled": false, "present": true}, "id": "ID"})";
+    if (cmd == "qom-get") return R"({"return": true, "id": "ID"})";
+    if (cmd == "device_add") {
+      std::lock_guard l(mu);
+      dev = m.at("arguments").as_object();
+    }
+    return R"({"return": {}, "id": "ID"})";
+  });
+  AttachRequest r{"n1", "/run/n.sock", q.path_, 2, true, "52:54:00:00:00:0a"};
+  Attachment a = qmp_attach(r);
+  EXPECT_EQ(a.netdev_id, "sluice-n1");
+  std::lock_guard l(mu);
+  EXPECT_EQ(dev.at("driver").as_string(), "virtio-net-pci");
+  EXPECT_EQ(dev.at("mac").as_string(), "52:54:00:00:00:0a");
+  EXPECT_EQ(dev.at("mq").as_bool(), true);
+  EXPECT_EQ(dev.at("vectors").to_number<int64_t>(), 0);
 }
 
 TEST(Qmp, DeviceAddFailureIsReportedVerbatimAndUndone) {

@@ -209,6 +209,14 @@ NetOptions opts(const char* name, uint64_t mac, PortMode m = PortMode::kSwitch, 
   return o;
 }
 
+// A port that may send with any source MAC (mac-lock=off).
+NetOptions unlocked(const char* name, uint64_t mac, uint32_t max_macs = 64) {
+  NetOptions o = opts(name, mac);
+  o.mac_lock = false;
+  o.max_macs = max_macs;
+  return o;
+}
+
 constexpr uint64_t kA = 0x525400000001ull, kB = 0x525400000002ull, kC = 0x525400000003ull;
 constexpr uint64_t kBcast = 0xffffffffffffull;
 
@@ -252,8 +260,8 @@ TEST(NetSwitch, FloodsLearnsAndForwards) {
 
 TEST(NetSwitch, AMovedMacFollowsItsNewPortAndARemovedPortIsForgotten) {
   Rig r;
-  Port& a = r.add(opts("a", kA));
-  Port& b = r.add(opts("b", kB));
+  Port& a = r.add(unlocked("a", kA));
+  Port& b = r.add(unlocked("b", kB));
   r.post_rx(a, 4, 2048);
   r.post_rx(b, 4, 2048);
   r.send(a, eth_frame(kBcast, kC, 64, 1));  // kC seen on a
@@ -270,9 +278,10 @@ TEST(NetSwitch, AMovedMacFollowsItsNewPortAndARemovedPortIsForgotten) {
 
 TEST(NetSwitch, AgedEntriesAreForgottenAndFramesFloodAgain) {
   Rig r(/*aging_s=*/1);
-  Port& a = r.add(opts("a", kA));
-  Port& b = r.add(opts("b", kB));
-  Port& c = r.add(opts("c", kC));
+  // Unlocked: a locked port's MAC is known without learning (below).
+  Port& a = r.add(unlocked("a", kA));
+  Port& b = r.add(unlocked("b", kB));
+  Port& c = r.add(unlocked("c", kC));
   for (Port* p : {&a, &b, &c}) r.post_rx(*p, 4, 2048);
   r.send(a, eth_frame(kBcast, kA, 64, 1));
   ASSERT_EQ(r.receive(b, 1).size(), 1u);
@@ -517,16 +526,22 @@ TEST(NetDevice, ControlQueueAnswersAndRefuses) {
   EXPECT_EQ(r.control(a, kCtrlMac, kCtrlMacTableSet, {1, 0, 0, 0, 2, 0, 0, 0, 0, 9, 0, 0, 0, 0}), kCtrlOk);
   EXPECT_EQ(r.control(a, kCtrlMac, kCtrlMacTableSet, {2, 0, 0, 0, 2, 0, 0, 0, 0, 9}), kCtrlErr);  // count past the data
   EXPECT_EQ(r.control(a, kCtrlMac, kCtrlMacTableSet, {0, 0, 0, 0, 0, 0, 0, 0, 1}), kCtrlErr);   // trailing byte
-  EXPECT_EQ(r.control(a, kCtrlMac, kCtrlMacAddrSet, {0x52, 0x54, 0, 0, 0, 0x42}), kCtrlOk);
-  EXPECT_EQ(a.dev->mac(), 0x525400000042ull);
+  // A locked port keeps the operator's MAC: another is refused, its own accepted.
+  EXPECT_EQ(r.control(a, kCtrlMac, kCtrlMacAddrSet, {0x52, 0x54, 0, 0, 0, 0x42}), kCtrlErr);
+  EXPECT_EQ(a.dev->mac(), kA);
+  EXPECT_EQ(r.control(a, kCtrlMac, kCtrlMacAddrSet, {0x52, 0x54, 0, 0, 0, 1}), kCtrlOk);
   EXPECT_EQ(r.control(a, kCtrlMac, kCtrlMacAddrSet, {0x01, 0, 0, 0, 0, 1}), kCtrlErr);  // multicast
   EXPECT_EQ(r.control(a, 2, 0, {}, /*ack_room=*/false), -2);  // no room for the ack: returned empty
   EXPECT_EQ(a.dev->ctrl_commands(), 4u);
-  EXPECT_GE(a.dev->ctrl_errors(), 10u);
+  EXPECT_GE(a.dev->ctrl_errors(), 11u);
+  // An unlocked port's guest may change its MAC.
+  Port& u = r.add(unlocked("u", kC));
+  EXPECT_EQ(r.control(u, kCtrlMac, kCtrlMacAddrSet, {0x52, 0x54, 0, 0, 0, 0x42}), kCtrlOk);
+  EXPECT_EQ(u.dev->mac(), 0x525400000042ull);
   // The port still forwards.
   Port& b = r.add(opts("b", kB));
   r.post_rx(b, 1, 2048);
-  r.send(a, eth_frame(kBcast, 0x525400000042ull, 64, 1));
+  r.send(a, eth_frame(kBcast, kA, 64, 1));
   EXPECT_EQ(r.receive(b, 1).size(), 1u);
 }
 
@@ -682,6 +697,150 @@ TEST(NetDevice, FramesOnFaultingMemoryAreDroppedAndCounted) {
     EXPECT_EQ(drops(*p), 1u);
   }
   EXPECT_EQ(r.g.table()->poison().size(), 2u);
+}
+
+// ---------------------------------------------------------------- port security
+
+TEST(PortSecurity, ALockedPortSendsOnlyWithItsOwnMac) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB));
+  r.post_rx(b, 4, 2048);
+  r.send(a, eth_frame(kBcast, kC, 64, 1));               // another unicast MAC
+  r.send(a, eth_frame(kBcast, 0x01005e000001ull, 64, 2));  // a multicast source
+  auto ok = eth_frame(kBcast, kA, 64, 3);
+  r.send(a, ok);
+  auto got = r.receive(b, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].bytes, ok);
+  EXPECT_TRUE(r.receive(b, 1, 0, 100).empty());
+  EXPECT_EQ(a.dev->stats().dropped(Drop::kSrcMacLocked), 2u);
+  EXPECT_EQ(r.used(a, 1, 3).size(), 3u);  // every transmit buffer returned
+  auto t = r.sw.mac_table();
+  ASSERT_EQ(t.size(), 1u);
+  EXPECT_EQ(t[0].mac, kA);
+}
+
+TEST(PortSecurity, NoPortCanTakeALockedPortsMac) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));           // locked, has sent nothing yet
+  Port& m = r.add(unlocked("m", kB));       // may send with any MAC but a's
+  Port& c = r.add(opts("c", kC));
+  for (Port* p : {&a, &m, &c}) r.post_rx(*p, 4, 2048);
+  r.send(m, eth_frame(kBcast, kA, 64, 1));  // posing as a
+  EXPECT_EQ(r.used(m, 1, 1).size(), 1u);
+  EXPECT_TRUE(r.receive(c, 1, 0, 100).empty());
+  EXPECT_EQ(m.dev->stats().dropped(Drop::kSrcMacOwned), 1u);
+  // Traffic for a's MAC goes to a alone, though a never sent: a locked
+  // port's MAC is known.
+  uint64_t flooded = r.sw.flooded();
+  auto f = eth_frame(kA, kC, 64, 2);
+  r.send(c, f);
+  auto got = r.receive(a, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].bytes, f);
+  EXPECT_TRUE(r.receive(m, 1, 0, 100).empty());
+  EXPECT_EQ(r.sw.flooded(), flooded);
+  // Once a is gone, its MAC is free.
+  std::swap(r.ports[0], r.ports[2]);
+  r.ports.pop_back();  // a
+  r.send(m, eth_frame(kBcast, kA, 64, 3));
+  EXPECT_EQ(r.receive(c, 1).size(), 1u);
+  EXPECT_EQ(m.dev->stats().dropped(Drop::kSrcMacOwned), 1u);
+}
+
+// The switch's bucket for a MAC (Switch::hash, kMacBuckets): the tests
+// below make MACs that share one probe window.
+uint32_t bucket(uint64_t mac) { return static_cast<uint32_t>((mac * 0x9e3779b97f4a7c15ull) >> 40) & 4095; }
+std::vector<uint64_t> colliding(uint64_t with, size_t n) {
+  std::vector<uint64_t> v;
+  for (uint64_t m = 0x020000000001ull; v.size() < n; ++m)
+    if (m != with && bucket(m) == bucket(with)) v.push_back(m);
+  return v;
+}
+
+TEST(PortSecurity, LearningIsBoundedPerPort) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& m = r.add(unlocked("m", kB, /*max_macs=*/8));
+  r.post_rx(a, 64, 2048);
+  for (uint64_t i = 0; i < 40; ++i) r.send(m, eth_frame(kBcast, 0x020000001000ull + i, 64, 1));
+  EXPECT_EQ(r.receive(a, 40).size(), 40u);  // frames still forwarded
+  EXPECT_EQ(r.sw.macs_learned(*m.dev), 8u);
+  EXPECT_EQ(m.dev->stats().learn_port_limit.load(), 32u);
+  EXPECT_EQ(r.sw.mac_table().size(), 8u);
+}
+
+TEST(PortSecurity, NoPortEvictsAnothersFreshEntries) {
+  Rig r;
+  Port& a = r.add(unlocked("a", kA), kModern, true, 256);
+  Port& m = r.add(unlocked("m", kB, /*max_macs=*/4096), kModern, true, 256);
+  Port& c = r.add(opts("c", kC), kModern, true, 256);
+  for (Port* p : {&a, &m, &c}) r.post_rx(*p, 128, 2048);
+  // a's MAC, then 100 MACs from m into a's probe window: m recycles its own
+  // entries there, never a's.
+  auto macs = colliding(kA, 108);
+  r.send(a, eth_frame(kBcast, kA, 64, 1));
+  for (size_t i = 0; i < 100; ++i) r.send(m, eth_frame(kBcast, macs[i], 64, 2));
+  ASSERT_EQ(r.receive(c, 101).size(), 101u);
+  auto f = eth_frame(kA, kC, 64, 3);
+  r.send(c, f);
+  auto got = r.receive(a, 101);  // m's 100 floods, then c's frame
+  ASSERT_EQ(got.size(), 101u);
+  EXPECT_EQ(got.back().bytes, f);
+  EXPECT_EQ(m.dev->stats().learn_table_full.load(), 0u);
+  EXPECT_LE(r.sw.macs_learned(*m.dev), 8u);
+  // A window full of a's fresh entries: m's new MAC there is not learned.
+  constexpr uint64_t kX = 0x020000777777ull;
+  auto xs = colliding(kX, 8);
+  r.send(a, eth_frame(kBcast, kX, 64, 4));
+  for (size_t i = 0; i < 7; ++i) r.send(a, eth_frame(kBcast, xs[i], 64, 4));
+  r.send(m, eth_frame(kBcast, xs[7], 64, 5));
+  ASSERT_EQ(r.receive(c, 9).size(), 9u);
+  EXPECT_EQ(m.dev->stats().learn_table_full.load(), 1u);
+  size_t a_entries = 0;
+  for (const MacEntry& e : r.sw.mac_table()) a_entries += e.port == "a";
+  EXPECT_EQ(a_entries, 9u);  // kA and the eight in kX's window
+}
+
+TEST(PortSecurity, FloodsAreRateLimitedPerPort) {
+  Rig r;
+  NetOptions ao = opts("a", kA);
+  ao.flood_rate = 100;  // bucket: 16 frames
+  Port& a = r.add(ao, kModern, true, 256);
+  Port& b = r.add(opts("b", kB), kModern, true, 256);
+  Port& c = r.add(opts("c", kC), kModern, true, 256);
+  r.post_rx(b, 128, 2048);
+  r.post_rx(c, 128, 2048);
+  for (int i = 0; i < 100; ++i) r.send(a, eth_frame(kBcast, kA, 64, 1));
+  ASSERT_EQ(r.used(a, 1, 100).size(), 100u);
+  uint64_t limited = a.dev->stats().dropped(Drop::kFloodLimit);
+  auto got = r.receive(b, 100, 0, 300);
+  EXPECT_EQ(got.size() + limited, 100u);
+  EXPECT_GE(limited, 60u);  // 16 at once, then 100/s
+  // Unicast to a known port is not a flood; another port has its own bucket.
+  r.send(a, eth_frame(kB, kA, 64, 2));
+  for (int i = 0; i < 20; ++i) r.send(c, eth_frame(kBcast, kC, 64, 3));
+  EXPECT_EQ(r.receive(b, 21).size(), 21u);
+  EXPECT_EQ(c.dev->stats().dropped(Drop::kFloodLimit), 0u);
+}
+
+TEST(PortSecurity, ALegacyDriverCannotWriteAnotherMac) {
+  Worker w{WorkerOptions{}};
+  Switch sw{"t", w};
+  auto d = NetDevice::create(opts("x", kA), sw);
+  ASSERT_TRUE(d.ok());
+  (*d)->set_driver_features(0);
+  const uint8_t other[6] = {0x52, 0x54, 0, 0, 0, 0x42}, own[6] = {0x52, 0x54, 0, 0, 0, 1};
+  EXPECT_EQ((*d)->write_config(0, other).error().code, Errc::kMacLocked);
+  EXPECT_TRUE((*d)->write_config(0, own).ok());
+  EXPECT_EQ((*d)->mac(), kA);
+  NetOptions o = unlocked("y", kB);
+  auto u = NetDevice::create(o, sw);
+  ASSERT_TRUE(u.ok());
+  (*u)->set_driver_features(0);
+  EXPECT_TRUE((*u)->write_config(0, other).ok());
+  EXPECT_EQ((*u)->mac(), 0x525400000042ull);
 }
 
 }  // namespace
