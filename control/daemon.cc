@@ -37,12 +37,15 @@ Export::Export(Daemon& d, std::string id, std::string path, ExportLimits limits)
 
 Export::~Export() { *alive_ = false; }
 
-void Export::start() {
-  ::unlink(path_.c_str());  // a stale socket from an earlier run
+void Export::start(const ApiCaller& by) {
+  clear_stale_socket(path_);  // e.g. from an earlier run; anything else stays
   unix_socket::endpoint ep(path_);
   acceptor_.open(ep.protocol());
   acceptor_.bind(ep);
   ::chmod(path_.c_str(), 0600);
+  // A member's export is the member's to connect its VMM to.
+  if (!by.owner && ::lchown(path_.c_str(), by.uid, static_cast<gid_t>(-1)) != 0)
+    LOG_WARN("daemon", "cannot give %s to uid %u: %s", path_.c_str(), by.uid, std::strerror(errno));
   acceptor_.listen();
   accept();
 }
@@ -490,7 +493,14 @@ void NetExport::metrics(MetricsText& m) const {
 
 // ---------------------------------------------------------------- Daemon
 
-Daemon::Daemon(DaemonOptions opts) : opts_(std::move(opts)) {}
+Daemon::Daemon(DaemonOptions opts) : opts_(std::move(opts)) {
+  // Without --socket-dir, the API socket's directory (start_api adds it).
+  try {
+    confine_ = Confinement(opts_.socket_dirs, opts_.file_dirs);
+  } catch (const std::exception& e) {
+    confine_error_ = e.what();
+  }
+}
 
 Daemon::~Daemon() { shutdown(); }
 
@@ -500,16 +510,22 @@ void Daemon::check_new_export(const std::string& new_id, const std::string& path
     if (e->path() == path) throw std::runtime_error("socket " + path + " is already used by export '" + id + "'");
 }
 
-void Daemon::add_blk(const BlkSpec& spec) {
+void Daemon::add_blk(const BlkSpec& spec, const ApiCaller& by) {
   check_new_export(spec.id, spec.path);
+  confine_.check_socket(spec.path, by);
   if (!spec.vfio.empty()) {
+    if (!by.owner) throw PermissionError("vfio=" + spec.vfio + ": " + by.who() + " may not hand the daemon a PCI device");
     add_offload(spec);
     return;
   }
+  // A member's file is opened beneath a file directory, then again by the
+  // device through /proc/self/fd (the same file, whatever the path does since).
+  UniqueFd file_fd;
+  if (!spec.null_backend) file_fd = confine_.open_file(spec.file, spec.size != 0 && !spec.read_only, by);
   std::vector<Worker*> ws;
   for (auto& w : workers_) ws.push_back(w.get());
   blk::BlkOptions o;
-  o.file = spec.file;
+  o.file = file_fd ? "/proc/self/fd/" + std::to_string(file_fd.get()) : spec.file;
   o.read_only = spec.read_only;
   o.size = spec.size;
   o.queues = spec.queues;
@@ -521,7 +537,7 @@ void Daemon::add_blk(const BlkSpec& spec) {
   if (!dev.ok()) throw std::runtime_error("cannot open " + spec.file + ": " + err_text(dev.error()));
   auto e = std::make_unique<BlkExport>(*this, spec, std::move(dev.value()));
   try {
-    e->start();
+    e->start(by);
   } catch (const std::exception& ex) {
     throw std::runtime_error("cannot listen on " + spec.path + ": " + ex.what());
   }
@@ -640,8 +656,9 @@ json::array Daemon::mac_table(const std::string& name) const {
   return a;
 }
 
-void Daemon::add_net(const NetSpec& spec) {
+void Daemon::add_net(const NetSpec& spec, const ApiCaller& by) {
   check_new_export(spec.id, spec.path);
+  confine_.check_socket(spec.path, by);
   auto it = switches_.find(spec.sw);
   net::Switch& sw = it != switches_.end() ? *it->second : create_switch(spec.sw);
   net::NetOptions o;
@@ -666,7 +683,7 @@ void Daemon::add_net(const NetSpec& spec) {
                                   : err_text(dev.error())));
   auto e = std::make_unique<NetExport>(*this, spec, std::move(dev.value()));
   try {
-    e->start();
+    e->start(by);
   } catch (const std::exception& ex) {
     throw std::runtime_error("cannot listen on " + spec.path + ": " + ex.what());
   }
@@ -867,12 +884,25 @@ DaemonOptions load_config(const std::string& path, DaemonOptions o) {
       }
     }
   };
-  static const std::set<std::string> known = {"api", "api_group", "metrics", "workers", "cpus",
-                                              "poll_us", "vfio_groups", "exports"};
+  auto strs = [&](const char* key, std::vector<std::string>& out) {
+    if (const json::value* x = c.if_contains(key)) {
+      if (!x->is_array()) throw bad(key, "must be an array of directory paths");
+      out.clear();
+      for (const json::value& e : x->as_array()) {
+        if (!e.is_string() || e.as_string().empty() || e.as_string()[0] != '/')
+          throw bad(key, "must hold absolute directory paths");
+        out.emplace_back(e.as_string());
+      }
+    }
+  };
+  static const std::set<std::string> known = {"api", "api_group", "socket_dirs", "file_dirs", "metrics", "workers",
+                                              "cpus", "poll_us", "vfio_groups", "exports"};
   for (const auto& kv : c)
     if (!known.count(std::string(kv.key()))) throw bad(std::string(kv.key()), "is not a known key");
   str("api", o.api_path);
   str("api_group", o.api_group);
+  strs("socket_dirs", o.socket_dirs);
+  strs("file_dirs", o.file_dirs);
   str("metrics", o.metrics);
   num("workers", 1, 64, o.workers);
   num("poll_us", 0, 1000000, o.poll_us);
@@ -918,6 +948,8 @@ json::object Daemon::reload() {
   if (next.poll_us != opts_.poll_us) restart.push_back("poll_us");
   if (next.api_path != opts_.api_path) restart.push_back("api");
   if (next.api_group != opts_.api_group) restart.push_back("api_group");
+  if (next.socket_dirs != opts_.socket_dirs) restart.push_back("socket_dirs");
+  if (next.file_dirs != opts_.file_dirs) restart.push_back("file_dirs");
   if (next.metrics != opts_.metrics) restart.push_back("metrics");
   if (next.vfio_groups != opts_.vfio_groups) restart.push_back("vfio_groups");
   std::map<std::string, std::variant<BlkSpec, NetSpec>> want;
@@ -977,7 +1009,7 @@ json::object Daemon::reload() {
                       {"unchanged", unchanged}, {"errors", errors},   {"needs_restart", restart}};
 }
 
-void Daemon::attach(const std::string& id, const std::string& vmm_spec, Done done) {
+void Daemon::attach(const std::string& id, const std::string& vmm_spec, Done done, const ApiCaller& by) {
   auto it = exports_.find(id);
   if (it == exports_.end()) return done(nullptr, "no export with id '" + id + "'");
   if (busy_.count(id)) return done(nullptr, "export '" + id + "' is being attached or detached already");
@@ -986,6 +1018,9 @@ void Daemon::attach(const std::string& id, const std::string& vmm_spec, Done don
   std::string vmm;
   try {
     vmm = parse_vmm(vmm_spec);
+    confine_.check_vmm(vmm, by);
+  } catch (const PermissionError& e) {
+    return done(nullptr, std::string("permission denied: ") + e.what());
   } catch (const std::exception& e) {
     return done(nullptr, e.what());
   }
@@ -1078,6 +1113,10 @@ std::string Daemon::metrics_text() const {
 }
 
 int Daemon::run() {
+  if (!confine_error_.empty()) {
+    LOG_ERROR("daemon", "%s", confine_error_.c_str());
+    return 1;
+  }
   try {
     open_vfio();
   } catch (const std::exception& e) {
@@ -1198,12 +1237,15 @@ void Daemon::shutdown() {
 // One API connection (counted by the daemon: kMaxApiConns).
 struct ApiConn : std::enable_shared_from_this<ApiConn> {
   static constexpr size_t kMaxLine = 1 << 20;  // a longer request drops the connection
-  ApiConn(Daemon& d, unix_socket::socket s) : daemon(d), sock(std::move(s)) { ++daemon.api_conns_; }
+  ApiConn(Daemon& d, unix_socket::socket s, ApiCaller who) : daemon(d), sock(std::move(s)), caller(who) {
+    ++daemon.api_conns_;
+  }
   ~ApiConn() { --daemon.api_conns_; }
   ApiConn(const ApiConn&) = delete;
   ApiConn& operator=(const ApiConn&) = delete;
   Daemon& daemon;
   unix_socket::socket sock;
+  ApiCaller caller;  // fixed at accept (SO_PEERCRED)
   asio::streambuf in{kMaxLine};
   std::string out;
 
@@ -1225,7 +1267,7 @@ struct ApiConn : std::enable_shared_from_this<ApiConn> {
                           [self](boost::system::error_code wec, size_t) {
                             if (!wec) self->read();
                           });
-      });
+      }, self->caller);
     });
   }
 };
@@ -1273,7 +1315,7 @@ void Daemon::start_api() {
     if (!g) throw std::runtime_error("unknown group '" + opts_.api_group + "' (not in /etc/group, not a number)");
     api_gid_ = *g;
   }
-  ::unlink(opts_.api_path.c_str());
+  clear_stale_socket(opts_.api_path);  // another daemon's live API stays its own
   unix_socket::endpoint ep(opts_.api_path);
   api_.emplace(io_);
   api_->open(ep.protocol());
@@ -1290,20 +1332,30 @@ void Daemon::start_api() {
   }
   api_->listen();
   api_accept();
+  if (opts_.socket_dirs.empty()) {
+    auto slash = opts_.api_path.find_last_of('/');
+    std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : opts_.api_path.substr(0, slash);
+    confine_.add_socket_dir(dir);
+  }
   LOG_INFO("daemon", "management API on %s (mode %s%s)", opts_.api_path.c_str(),
            api_gid_ == static_cast<gid_t>(-1) ? "0600" : "0660, group ", opts_.api_group.c_str());
 }
 
-bool Daemon::api_peer_allowed(int fd, std::string& why) const {
+bool Daemon::api_peer_allowed(int fd, std::string& why, ApiCaller& who) const {
   ucred cred{};
   socklen_t len = sizeof cred;
   if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
     why = std::string("cannot read the peer's credentials: ") + std::strerror(errno);
     return false;
   }
-  if (cred.uid == 0 || cred.uid == ::geteuid()) return true;
-  if (api_gid_ != static_cast<gid_t>(-1) && (cred.gid == api_gid_ || in_groups(cred.pid, api_gid_)))
+  if (cred.uid == 0 || cred.uid == ::geteuid()) {
+    who = ApiCaller{};
     return true;
+  }
+  if (api_gid_ != static_cast<gid_t>(-1) && (cred.gid == api_gid_ || in_groups(cred.pid, api_gid_))) {
+    who = ApiCaller::member(cred.uid);
+    return true;
+  }
   why = "permission denied: uid " + std::to_string(cred.uid) + " is neither the daemon's owner nor root" +
         (api_gid_ != static_cast<gid_t>(-1) ? " nor in group " + opts_.api_group : "");
   return false;
@@ -1319,9 +1371,10 @@ void Daemon::api_accept() {
       return;
     }
     std::string why;
+    ApiCaller who;
     const bool full = api_conns_ >= kMaxApiConns;
     if (full) why = "too many API connections (" + std::to_string(kMaxApiConns) + " open)";
-    if (full || !api_peer_allowed(s.native_handle(), why)) {
+    if (full || !api_peer_allowed(s.native_handle(), why, who)) {
       // Answered, then closed: a refused client learns why.
       LOG_LIMITED(api_log_limit_, LogLevel::kWarn, "daemon", "API: %s", why.c_str());
       std::string msg = json::serialize(json::object{
@@ -1367,14 +1420,14 @@ void Daemon::api_accept() {
       };
       std::make_shared<Drain>(std::move(s), io_)->start();
     } else {
-      auto c = std::make_shared<ApiConn>(*this, std::move(s));
+      auto c = std::make_shared<ApiConn>(*this, std::move(s), who);
       c->read();
     }
     api_accept();
   });
 }
 
-std::string handle_rpc(Daemon& d, const std::string& request) {
+std::string handle_rpc(Daemon& d, const std::string& request, const ApiCaller& by) {
   json::object resp;
   resp["jsonrpc"] = "2.0";
   json::value id = nullptr;
@@ -1427,7 +1480,7 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
       result = d.reload();
     } else if (m == "add-net") {
       NetSpec spec = parse_net_spec(str_param("spec", true));
-      d.add_net(spec);
+      d.add_net(spec, by);
       result = json::object{{"id", spec.id}};
     } else if (m == "switch-create") {
       std::string name = str_param("name", true);
@@ -1442,6 +1495,10 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
       std::string name = str_param("name", true);
       d.delete_switch(name);
       result = json::object{{"name", name}};
+    } else if ((m == "add-uplink" || m == "remove-uplink") && !by.owner) {
+      // A DPDK device string opens files and devices (net_pcap's rx_pcap=,
+      // a PCI address): the owner's to give.
+      throw PermissionError(m + ": " + by.who() + " may not; only the daemon's owner");
     } else if (m == "add-uplink") {
       UplinkSpec spec = parse_uplink_spec(str_param("spec", true));
       d.add_uplink(spec);
@@ -1456,7 +1513,7 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
       result = d.mac_table(str_param("switch", true));
     } else if (m == "add-blk") {
       BlkSpec spec = parse_blk_spec(str_param("spec", true));
-      d.add_blk(spec);
+      d.add_blk(spec, by);
       result = json::object{{"id", spec.id}};
     } else if (m == "remove") {
       std::string rid = str_param("id", true);
@@ -1471,6 +1528,8 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
     return json::serialize(resp);
   } catch (const std::invalid_argument& e) {
     return fail(-32602, e.what());
+  } catch (const PermissionError& e) {
+    return fail(-32001, std::string("permission denied: ") + e.what());
   } catch (const SpecError& e) {
     return fail(-32602, std::string("bad spec: ") + e.what());
   } catch (const std::exception& e) {
@@ -1478,18 +1537,19 @@ std::string handle_rpc(Daemon& d, const std::string& request) {
   }
 }
 
-void handle_rpc_async(Daemon& d, const std::string& request, std::function<void(std::string)> done) {
+void handle_rpc_async(Daemon& d, const std::string& request, std::function<void(std::string)> done,
+                      const ApiCaller& by) {
   json::value v;
   try {
     v = json::parse(request);
   } catch (const std::exception&) {
-    return done(handle_rpc(d, request));  // it answers the parse error
+    return done(handle_rpc(d, request, by));  // it answers the parse error
   }
   const json::object* o = v.if_object();
   const json::value* method = o ? o->if_contains("method") : nullptr;
   if (method == nullptr || !method->is_string() ||
       (method->as_string() != "attach" && method->as_string() != "detach"))
-    return done(handle_rpc(d, request));
+    return done(handle_rpc(d, request, by));
   json::value id = o->contains("id") ? o->at("id") : json::value(nullptr);
   auto fail = [&](int code, const std::string& msg) {
     done(json::serialize(json::object{{"jsonrpc", "2.0"},
@@ -1517,7 +1577,7 @@ void handle_rpc_async(Daemon& d, const std::string& request, std::function<void(
   if (method->as_string() == "attach") {
     const json::string* vmm = str("vmm");
     if (vmm == nullptr) return fail(-32602, "missing string parameter 'vmm' (qmp:/path/to/qmp.sock)");
-    d.attach(std::string(*eid), std::string(*vmm), reply);
+    d.attach(std::string(*eid), std::string(*vmm), reply, by);
   } else {
     d.detach(std::string(*eid), reply);
   }

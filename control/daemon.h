@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "control/accept_retry.h"
+#include "control/confine.h"
 #include "control/metrics.h"
 #include "control/spec.h"
 #include "control/vmm.h"
@@ -61,7 +62,9 @@ class Export {
  public:
   Export(Daemon& d, std::string id, std::string path, ExportLimits limits);
   virtual ~Export();
-  void start();  // binds and listens; throws on failure
+  // Binds and listens (a stale socket at the path is replaced, nothing
+  // else); a member's socket is chowned to it. Throws on failure.
+  void start(const ApiCaller& by = ApiCaller{});
   void stop();   // ends the session (queues drained), closes and unlinks the socket
 
   const std::string& id() const { return id_; }
@@ -174,6 +177,11 @@ struct DaemonOptions {
   // API too: the socket becomes mode 0660 with that group. Empty: owner and
   // root only (0600).
   std::string api_group;
+  // Where an --api-group member's paths may go (docs/SECURITY.md):
+  // sockets directly in one of socket_dirs (default: the API socket's
+  // directory), backing files beneath one of file_dirs (default: none).
+  std::vector<std::string> socket_dirs;
+  std::vector<std::string> file_dirs;
   unsigned workers = 1;
   std::vector<int> cpus;     // pin worker i to cpus[i % size]
   unsigned poll_us = 50;     // busy-poll this long after the last work before sleeping
@@ -191,9 +199,9 @@ class Daemon {
 
   asio::io_context& io() { return io_; }
   // Adds/removes an export at runtime. Throw std::runtime_error with a
-  // message a user can act on.
-  void add_blk(const BlkSpec& spec);
-  void add_net(const NetSpec& spec);
+  // message a user can act on (PermissionError when `by` may not).
+  void add_blk(const BlkSpec& spec, const ApiCaller& by = ApiCaller{});
+  void add_net(const NetSpec& spec, const ApiCaller& by = ApiCaller{});
   void remove(const std::string& id);
   // Switches: created on demand by add_net, or explicitly; deleted only when
   // they have no ports.
@@ -218,7 +226,7 @@ class Daemon {
   // VMM attach (QMP). Run off the control thread; `done` is called on it
   // with the result, or with an error message.
   using Done = std::function<void(boost::json::value result, std::string error)>;
-  void attach(const std::string& id, const std::string& vmm, Done done);
+  void attach(const std::string& id, const std::string& vmm, Done done, const ApiCaller& by = ApiCaller{});
   void detach(const std::string& id, Done done);
   boost::json::array vmm_list() const;
   // The metrics endpoint's port (0 when it is off).
@@ -233,8 +241,9 @@ class Daemon {
  private:
   void start_api();
   void api_accept();
-  // SO_PEERCRED: root, the daemon's own uid, or (with api_group) a member.
-  bool api_peer_allowed(int fd, std::string& why) const;
+  // SO_PEERCRED: root, the daemon's own uid, or (with api_group) a member;
+  // `who` says which.
+  bool api_peer_allowed(int fd, std::string& why, ApiCaller& who) const;
   void shutdown();
 
   DaemonOptions opts_;
@@ -264,6 +273,8 @@ class Daemon {
   std::set<std::string> busy_;                   // exports with an attach/detach under way
   std::vector<std::thread> vmm_ops_;
   gid_t api_gid_ = static_cast<gid_t>(-1);
+  Confinement confine_;
+  std::string confine_error_;  // a configured directory that does not resolve: run() refuses to start
   bool stopping_ = false;
 };
 
@@ -274,9 +285,11 @@ DaemonOptions load_config(const std::string& path, DaemonOptions base = {});
 
 // Handles one JSON-RPC 2.0 request text; returns the response text (empty
 // for a notification). Never throws.
-std::string handle_rpc(Daemon& d, const std::string& request);
+// `by`: who asks (a member of --api-group is confined: confine.h).
+std::string handle_rpc(Daemon& d, const std::string& request, const ApiCaller& by = ApiCaller{});
 // The same, for methods that take time (attach, detach): `done` receives the
 // response text later, on the control thread. Others answer at once.
-void handle_rpc_async(Daemon& d, const std::string& request, std::function<void(std::string)> done);
+void handle_rpc_async(Daemon& d, const std::string& request, std::function<void(std::string)> done,
+                      const ApiCaller& by = ApiCaller{});
 
 }  // namespace sluice::control

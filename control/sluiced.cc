@@ -82,7 +82,14 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
   --api-group G     also let members of group G (name or number) use the API:
                     the socket becomes mode 0660 with that group (default:
                     0600, the daemon's owner and root only; peers are
-                    checked with SO_PEERCRED either way)
+                    checked with SO_PEERCRED either way). A member is
+                    confined (docs/SECURITY.md): its sockets only directly in
+                    a --socket-dir, its files only beneath a --file-dir; no
+                    vfio=, no uplinks, only QMP sockets it owns
+  --socket-dir DIR  where members' sockets may go (repeatable; default: the
+                    API socket's directory)
+  --file-dir DIR    beneath which members' backing files may lie (repeatable;
+                    default: none)
   --no-api          no management API
   --metrics H:P     serve Prometheus metrics at http://H:P/metrics (e.g.
                     127.0.0.1:9310; an IP address, port 0 picks one)
@@ -164,6 +171,10 @@ int main(int argc, char** argv) {
         opts.metrics = value();
       } else if (a == "--api-group") {
         opts.api_group = value();
+      } else if (a == "--socket-dir" || a == "--file-dir") {
+        std::string v = value();
+        if (v.empty() || v[0] != '/') throw SpecError(a + ": an absolute directory path");
+        (a == "--socket-dir" ? opts.socket_dirs : opts.file_dirs).push_back(v);
       } else if (a == "--no-api") {
         no_api = true;
       } else if (a == "--vfio-group") {

@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <future>
 #include <mutex>
@@ -232,7 +234,8 @@ TEST(Vfio, GroupsOpenAndShowInTheApi) {
 
 // One request over the API socket as `uid`/`gid` (a forked child drops to
 // them when they differ from ours); returns the response line.
-std::string call_as(const std::string& path, uid_t uid, gid_t gid) {
+std::string call_as(const std::string& path, uid_t uid, gid_t gid,
+                    const std::string& request = R"({"jsonrpc":"2.0","id":1,"method":"list"})") {
   int p[2];
   if (::pipe(p) != 0) return "pipe";
   pid_t pid = ::fork();
@@ -249,9 +252,9 @@ std::string call_as(const std::string& path, uid_t uid, gid_t gid) {
       (void)!::write(p[1], "connect-refused", 15);
       _exit(0);
     }
-    const char req[] = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"list\"}\n";
-    (void)!::write(fd, req, sizeof req - 1);
-    char buf[512];
+    std::string req = request + "\n";
+    (void)!::write(fd, req.data(), req.size());
+    char buf[2048];
     ssize_t n = ::read(fd, buf, sizeof buf);
     if (n > 0) (void)!::write(p[1], buf, static_cast<size_t>(n));
     _exit(0);
@@ -344,6 +347,110 @@ TEST(ApiAccess, AGroupMayBeLetIn) {
   EXPECT_EQ(d.run(), 1);  // refused at start, with a message
   ::unlink(path.c_str());
   ::rmdir(dir);
+}
+
+// A member of --api-group acts within the directories the owner gave it;
+// path= replaces nothing but a stale socket, for anyone.
+TEST(ApiAccess, AMemberIsConfined) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another uid";
+  char dirt[] = "/tmp/sluice-conf-XXXXXX";
+  ASSERT_NE(::mkdtemp(dirt), nullptr);
+  std::string dir = dirt;
+  ::chmod(dirt, 0755);
+  for (const char* sub : {"/files", "/outside", "/sub"}) ASSERT_EQ(::mkdir((dir + sub).c_str(), 0755), 0);
+  ASSERT_EQ(::symlink((dir + "/outside").c_str(), (dir + "/files/link").c_str()), 0);
+  { std::ofstream(dir + "/regular.sock") << "not a socket"; }
+  std::string api = dir + "/api.sock";
+  DaemonOptions o;
+  o.api_path = api;
+  o.api_group = "65534";
+  o.file_dirs = {dir + "/files"};
+  RunningDaemon r(o);
+  ASSERT_TRUE(r.wait_socket(api));
+  auto add = [&](const char* method, const std::string& spec, bool member = true) {
+    std::string req = R"({"jsonrpc":"2.0","id":1,"method":")" + std::string(method) + R"(","params":{"spec":")" +
+                      spec + R"("}})";
+    return member ? call_as(api, 65534, 65534, req) : call_as(api, 0, 0, req);
+  };
+  auto denied = [](const std::string& resp) { return resp.find("-32001") != std::string::npos; };
+  auto exists = [](const std::string& p) { return ::access(p.c_str(), F_OK) == 0; };
+  // Within bounds: served, and the socket is the member's.
+  std::string ok = add("add-blk", "path=" + dir + "/m.sock,file=" + dir + "/files/m.img,size=1M");
+  EXPECT_NE(ok.find("\"result\""), std::string::npos) << ok;
+  struct stat st{};
+  ASSERT_EQ(::stat((dir + "/m.sock").c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 65534u);
+  EXPECT_TRUE(exists(dir + "/files/m.img"));
+  // Out of bounds: refused, nothing created.
+  for (const std::string& spec : {
+           "path=" + dir + "/sub/a.sock,file=" + dir + "/files/a.img,size=1M",      // socket not directly in the dir
+           "path=" + dir + "/b.sock,file=" + dir + "/outside/b.img,size=1M",        // file outside
+           "path=" + dir + "/c.sock,file=" + dir + "/files/link/c.img,size=1M",     // a symlink out
+           "path=" + dir + "/d.sock,file=" + dir + "/files/../outside/d.img,size=1M",  // '..' out
+           "path=" + dir + "/e.sock,vfio=0000:00:05.0",                              // a PCI device
+       }) {
+    std::string resp = add("add-blk", spec);
+    EXPECT_TRUE(denied(resp)) << spec << ": " << resp;
+  }
+  for (const char* f : {"/sub/a.sock", "/b.sock", "/outside/b.img", "/outside/c.img", "/outside/d.img", "/e.sock"})
+    EXPECT_FALSE(exists(dir + f)) << f;
+  EXPECT_TRUE(denied(add("add-net", "path=/tmp/sluice-conf-net.sock")));
+  EXPECT_TRUE(denied(add("add-uplink", "switch=up,dpdk=net_pcap0,rx_pcap=/etc/shadow")));
+  std::string attach = call_as(api, 65534, 65534,
+                               R"({"jsonrpc":"2.0","id":1,"method":"attach","params":{"id":"m","vmm":"qmp:)" + api + R"("}})");
+  EXPECT_NE(attach.find("may attach only to a QMP socket it owns"), std::string::npos) << attach;
+  // Nobody replaces what is not a stale socket: the owner is refused too.
+  std::string reg = add("add-blk", "path=" + dir + "/regular.sock,null,size=1M", /*member=*/false);
+  EXPECT_NE(reg.find("exists and is not a socket"), std::string::npos) << reg;
+  std::ifstream f(dir + "/regular.sock");
+  std::string content;
+  std::getline(f, content);
+  EXPECT_EQ(content, "not a socket");
+  // The owner may name any path.
+  std::string own = add("add-blk", "path=" + dir + "/sub/o.sock,file=" + dir + "/outside/o.img,size=1M", false);
+  EXPECT_NE(own.find("\"result\""), std::string::npos) << own;
+  // A member may remove an export.
+  std::string rm = call_as(api, 65534, 65534, R"({"jsonrpc":"2.0","id":1,"method":"remove","params":{"id":"m"}})");
+  EXPECT_NE(rm.find("\"result\""), std::string::npos) << rm;
+  EXPECT_EQ(std::system(("rm -rf " + dir).c_str()), 0);
+}
+
+TEST(Confinement, StaleSocketsOnly) {
+  char dirt[] = "/tmp/sluice-stale-XXXXXX";
+  ASSERT_NE(::mkdtemp(dirt), nullptr);
+  std::string dir = dirt;
+  clear_stale_socket(dir + "/none.sock");  // nothing there: fine
+  // A socket no one listens on is removed; one in use stays.
+  auto listen_on = [](const std::string& p, bool keep) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un sa{};
+    sa.sun_family = AF_UNIX;
+    std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", p.c_str());
+    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+    EXPECT_EQ(::listen(fd, 1), 0);
+    if (!keep) ::close(fd);
+    return keep ? fd : -1;
+  };
+  listen_on(dir + "/stale.sock", false);
+  clear_stale_socket(dir + "/stale.sock");
+  EXPECT_NE(::access((dir + "/stale.sock").c_str(), F_OK), 0);
+  int live = listen_on(dir + "/live.sock", true);
+  EXPECT_THROW(clear_stale_socket(dir + "/live.sock"), std::runtime_error);
+  EXPECT_EQ(::access((dir + "/live.sock").c_str(), F_OK), 0);
+  ::close(live);
+  ASSERT_EQ(::mkdir((dir + "/adir").c_str(), 0700), 0);
+  EXPECT_THROW(clear_stale_socket(dir + "/adir"), std::runtime_error);
+  EXPECT_EQ(std::system(("rm -rf " + dir).c_str()), 0);
+}
+
+TEST(Confinement, NoDirectoriesNoPaths) {
+  Confinement none;
+  ApiCaller m = ApiCaller::member(1000);
+  EXPECT_THROW(none.check_socket("/run/sluice/x.sock", m), PermissionError);
+  EXPECT_THROW(none.open_file("/srv/x.img", false, m), PermissionError);
+  EXPECT_NO_THROW(none.check_socket("/anywhere/x.sock", ApiCaller{}));
+  EXPECT_FALSE(none.open_file("/anywhere/x.img", true, ApiCaller{}).valid());  // the owner opens it as given
+  EXPECT_THROW(Confinement({"/no/such/dir"}, {}), std::runtime_error);
 }
 
 // ---------------------------------------------------------------- metrics
