@@ -92,11 +92,10 @@ void Export::accept() {
       boost::system::error_code ignore;
       s.close(ignore);
     } else {
-      // A stalled front-end must not hang the control thread mid-message.
-      timeval tv{1, 0};
-      ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      ::setsockopt(s.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      // Messages are assembled as they arrive and replies sent without
+      // waiting (on_readable): a stalled front-end holds nothing but itself.
       conn_.emplace(std::move(s));
+      reader_.next();
       session_ = std::make_unique<vhost::Session>(device(), id_);
       session_->set_memory_limits(MemoryLimits{limits_.max_memory, limits_.max_regions});
       // The session's memory is empty now; from its first SET_MEM_TABLE on,
@@ -126,25 +125,30 @@ void Export::wait_message() {
 }
 
 void Export::on_readable() {
-  vhost::Message m;
-  Status s = vhost::recv_message(conn_->native_handle(), m);
-  if (!s.ok()) {
-    end_session(s.error() == Errc::kPeerClosed ? "front-end closed the connection"
-                                               : std::string(s.error().name()).c_str());
-    return;
-  }
-  vhost::Response r = session_->handle(m);
-  if (r.error.code != Errc::kOk) ++refused_messages_;
-  if (r.send) {
-    Status w = vhost::send_message(conn_->native_handle(), r.hdr, r.payload, r.fds);
-    if (!w.ok()) {
-      end_session("reply failed");
+  // Pipelined messages are handled in order, a few per wake-up: the control
+  // thread serves every export and the API in between.
+  for (int handled = 0; handled < kMessagesPerWake; ++handled) {
+    auto got = reader_.read(conn_->native_handle());
+    if (!got.ok()) {
+      end_session(got.error() == Errc::kPeerClosed ? "front-end closed the connection"
+                                                   : std::string(got.error().name()).c_str());
       return;
     }
-  }
-  if (r.close) {
-    end_session("protocol error");
-    return;
+    if (!got.value()) break;  // the rest of the message has not arrived
+    vhost::Response r = session_->handle(reader_.message());
+    reader_.next();
+    if (r.error.code != Errc::kOk) ++refused_messages_;
+    if (r.send) {
+      Status w = vhost::send_message(conn_->native_handle(), r.hdr, r.payload, r.fds, /*nonblocking=*/true);
+      if (!w.ok()) {
+        end_session("the front-end does not take its replies");
+        return;
+      }
+    }
+    if (r.close) {
+      end_session("protocol error");
+      return;
+    }
   }
   wait_message();
 }

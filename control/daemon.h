@@ -105,6 +105,9 @@ class Export {
   LogLimit log_limit_;  // a peer connecting in a loop costs a few lines a second
   ExportLimits limits_;  // what one session may map
   std::optional<unix_socket::socket> conn_;
+  // The front-end's message being assembled (it may arrive in pieces).
+  vhost::MessageReader reader_;
+  static constexpr int kMessagesPerWake = 16;
   // Keeps this session's guest memory mapped in the daemon's VFIO containers.
   vfio::GuestMemoryDma dma_;
   Daemon& daemon_;

@@ -78,6 +78,48 @@ for i in $(seq 1 10); do
 done
 grep -q "refusing a second front-end" "$dir/sluiced.log" && bad "a reconnecting front-end was refused as a second one"
 
+# A front-end that sends half a message and stalls holds nothing but its own
+# session: the control thread does not wait for the rest (the API answers at
+# once, a new tenant's handshake goes through), the message is assembled when
+# the rest comes, and pipelined requests are answered in order.
+python3 - "$dir/bad.sock" "$CTL" "$api" <<'PY' > "$dir/split.txt" 2>&1 &
+import socket, struct, subprocess, sys, time
+path, ctl, api = sys.argv[1:4]
+GET_FEATURES, GET_PROTOCOL_FEATURES = 1, 15
+hdr = lambda req: struct.pack("<III", req, 1, 0)
+s = socket.socket(socket.AF_UNIX); s.connect(path)
+s.sendall(hdr(GET_FEATURES)[:5])
+worst = 0.0
+for _ in range(6):  # 1.8 s with five bytes of a header outstanding
+    t0 = time.time()
+    subprocess.run([ctl, "--api", api, "list"], check=True, stdout=subprocess.DEVNULL, timeout=5)
+    worst = max(worst, time.time() - t0)
+    time.sleep(0.3)
+s.sendall(hdr(GET_FEATURES)[5:])
+s.settimeout(5)
+def replies(n):
+    buf, out = b"", []
+    while len(out) < n:
+        buf += s.recv(4096)
+        while len(buf) >= 12:
+            req, flags, size = struct.unpack("<III", buf[:12])
+            if len(buf) < 12 + size: break
+            out.append((req, flags)); buf = buf[12 + size:]
+    return out
+r = replies(1)
+assert r[0] == (GET_FEATURES, 5), f"split message answered with {r}"
+s.sendall(hdr(GET_FEATURES) + hdr(GET_PROTOCOL_FEATURES) + hdr(GET_FEATURES))
+r = [q for q, _ in replies(3)]
+assert r == [GET_FEATURES, GET_PROTOCOL_FEATURES, GET_FEATURES], f"pipelined answers {r}"
+assert worst < 0.5, f"the API took {worst:.2f} s while a message was half sent"
+print(f"a header split over 1.8 s assembled; API at most {worst*1000:.0f} ms meanwhile; 3 pipelined requests answered in order")
+PY
+SPLIT=$!
+sleep 0.3
+"$BENCH" --socket "$dir/good.sock" --rw verify --bs 4096 --qd 8 --seconds 1 > "$dir/good-split.txt" 2>&1 ||
+  bad "split message: the good tenant's new session failed: $(tail -1 "$dir/good-split.txt")"
+if wait $SPLIT; then note "split message: ok ($(tail -1 "$dir/split.txt"))"; else bad "split message: $(cat "$dir/split.txt")"; fi
+
 # fd exhaustion: a second sluiced at a low fd limit, and a client that holds
 # connections until accept fails with EMFILE. The accept loop must back off
 # (not spin: CPU and log lines bounded) and serve again once fds are free.

@@ -661,5 +661,145 @@ TEST(VhostChannel, TooManyFdsAreCutOffAndClosed) {
   EXPECT_EQ(recv_message(fe.back_fd(), m).error(), Errc::kMsgTruncated);
 }
 
+// --- MessageReader: what the back-end serving untrusted peers uses
+
+// A message split anywhere, over as many writes as the peer likes, with its
+// fd on the first part: assembled, never waited for.
+TEST(VhostMessageReader, AssemblesAMessageSplitAnywhere) {
+  Frontend fe;
+  UniqueFd ev = test::make_eventfd();
+  uint64_t payload = 0x1122334455667788ull;
+  MsgHeader h{static_cast<uint32_t>(Request::kSetVringKick), kVersion, 8};
+  std::vector<uint8_t> bytes(sizeof h + 8);
+  std::memcpy(bytes.data(), &h, sizeof h);
+  std::memcpy(bytes.data() + sizeof h, &payload, 8);
+  MessageReader rd;
+  auto got = rd.read(fe.back_fd());
+  ASSERT_TRUE(got.ok());
+  EXPECT_FALSE(got.value());  // nothing there: no wait
+  // The header with the fd (send_message sends the header alone when given
+  // no payload), then the payload a byte at a time.
+  int raw = ev.get();
+  ASSERT_TRUE(send_message(fe.front_fd(), h, {}, {&raw, 1}).ok());
+  for (size_t k = sizeof h; k < bytes.size(); ++k) {
+    got = rd.read(fe.back_fd());
+    ASSERT_TRUE(got.ok());
+    EXPECT_FALSE(got.value()) << k;
+    EXPECT_EQ(rd.pending(), k);
+    ASSERT_EQ(::write(fe.front_fd(), &bytes[k], 1), 1);
+  }
+  got = rd.read(fe.back_fd());
+  ASSERT_TRUE(got.ok());
+  ASSERT_TRUE(got.value());
+  EXPECT_EQ(rd.message().hdr.request, h.request);
+  EXPECT_EQ(rd.message().as<uint64_t>(), payload);
+  ASSERT_EQ(rd.message().fds.size(), 1u);
+  rd.next();
+  EXPECT_EQ(rd.pending(), 0u);
+  EXPECT_TRUE(rd.message().fds.empty());
+}
+
+TEST(VhostMessageReader, AHeaderSplitAndPipelinedMessagesInOrder) {
+  Frontend fe;
+  MsgHeader a{static_cast<uint32_t>(Request::kGetFeatures), kVersion, 0};
+  MsgHeader b{static_cast<uint32_t>(Request::kGetProtocolFeatures), kVersion, 0};
+  MsgHeader c{static_cast<uint32_t>(Request::kSetOwner), kVersion, 0};
+  ASSERT_EQ(::write(fe.front_fd(), &a, 5), 5);  // five bytes of a header
+  MessageReader rd;
+  auto got = rd.read(fe.back_fd());
+  ASSERT_TRUE(got.ok());
+  EXPECT_FALSE(got.value());
+  EXPECT_EQ(rd.pending(), 5u);
+  // The rest of it and two more messages in one write.
+  std::vector<uint8_t> rest(reinterpret_cast<uint8_t*>(&a) + 5, reinterpret_cast<uint8_t*>(&a) + sizeof a);
+  rest.insert(rest.end(), reinterpret_cast<uint8_t*>(&b), reinterpret_cast<uint8_t*>(&b) + sizeof b);
+  rest.insert(rest.end(), reinterpret_cast<uint8_t*>(&c), reinterpret_cast<uint8_t*>(&c) + sizeof c);
+  ASSERT_EQ(::write(fe.front_fd(), rest.data(), rest.size()), static_cast<ssize_t>(rest.size()));
+  for (const MsgHeader& want : {a, b, c}) {
+    got = rd.read(fe.back_fd());
+    ASSERT_TRUE(got.ok());
+    ASSERT_TRUE(got.value());
+    EXPECT_EQ(rd.message().hdr.request, want.request);
+    rd.next();
+  }
+  got = rd.read(fe.back_fd());
+  ASSERT_TRUE(got.ok());
+  EXPECT_FALSE(got.value());
+}
+
+TEST(VhostMessageReader, Errors) {
+  {
+    Frontend fe;
+    fe.close_front();
+    MessageReader rd;
+    EXPECT_EQ(rd.read(fe.back_fd()).error(), Errc::kPeerClosed);
+  }
+  {
+    Frontend fe;  // closed mid-message
+    MsgHeader h{2, kVersion, 8};
+    ASSERT_EQ(::write(fe.front_fd(), &h, sizeof h), static_cast<ssize_t>(sizeof h));
+    ASSERT_EQ(::write(fe.front_fd(), "abc", 3), 3);
+    MessageReader rd;
+    auto got = rd.read(fe.back_fd());
+    ASSERT_TRUE(got.ok());
+    EXPECT_FALSE(got.value());
+    fe.close_front();
+    EXPECT_EQ(rd.read(fe.back_fd()).error(), Errc::kMsgTruncated);
+  }
+  {
+    Frontend fe;  // a size the stream cannot be resynchronised after
+    MsgHeader h{1, kVersion, static_cast<uint32_t>(kMaxPayload + 1)};
+    ASSERT_EQ(::write(fe.front_fd(), &h, sizeof h), static_cast<ssize_t>(sizeof h));
+    MessageReader rd;
+    EXPECT_EQ(rd.read(fe.back_fd()).error(), Errc::kMsgTooLarge);
+  }
+  {
+    // More than kMaxFds over one message's parts.
+    Frontend fe;
+    std::vector<UniqueFd> evs;
+    std::vector<int> raw;
+    for (unsigned i = 0; i < kMaxFds; ++i) {
+      evs.push_back(test::make_eventfd());
+      raw.push_back(evs.back().get());
+    }
+    MsgHeader h{static_cast<uint32_t>(Request::kSetMemTable), kVersion, 8};
+    ASSERT_TRUE(send_message(fe.front_fd(), h, {}, raw).ok());  // header alone, 8 fds
+    MessageReader rd;
+    auto got = rd.read(fe.back_fd());
+    ASSERT_TRUE(got.ok());
+    EXPECT_FALSE(got.value());
+    // The payload's 8 bytes carry one more fd.
+    uint64_t x = 0;
+    int one = raw[0];
+    iovec iov{&x, 8};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(c), &one, sizeof one);
+    ASSERT_EQ(::sendmsg(fe.front_fd(), &msg, 0), 8);
+    EXPECT_EQ(rd.read(fe.back_fd()).error(), Errc::kMsgBadFdCount);
+  }
+}
+
+// A peer that does not read its replies: the back-end's send fails at once
+// instead of waiting for room.
+TEST(VhostMessageReader, ANonBlockingReplyToAPeerThatDoesNotReadFails) {
+  Frontend fe;
+  int sz = 4096;
+  ::setsockopt(fe.back_fd(), SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+  MsgHeader h{static_cast<uint32_t>(Request::kGetConfig), kVersion | kFlagReply, kMaxPayload};
+  std::vector<uint8_t> payload(kMaxPayload, 0xab);
+  Status s;
+  for (int i = 0; i < 10000 && s.ok(); ++i) s = send_message(fe.back_fd(), h, payload, {}, /*nonblocking=*/true);
+  EXPECT_FALSE(s.ok());
+}
+
 }  // namespace
 }  // namespace sluice::vhost
