@@ -1,5 +1,7 @@
 #include "control/daemon.h"
 
+#include <sys/eventfd.h>
+
 #include <linux/pci_regs.h>
 #include <linux/virtio_blk.h>
 #include <poll.h>
@@ -138,6 +140,13 @@ void Export::on_readable() {
     vhost::Response r = session_->handle(reader_.message());
     reader_.next();
     if (r.error.code != Errc::kOk) ++refused_messages_;
+    if (device().abandoned_queues() != abandoned_seen_) [[unlikely]] {
+      // A queue's requests outlived the stop deadline (a hung file or
+      // device): its ring state is lost, so is the session.
+      abandoned_seen_ = device().abandoned_queues();
+      end_session("a queue's requests did not complete within the stop deadline: abandoned");
+      return;
+    }
     if (r.send) {
       Status w = vhost::send_message(conn_->native_handle(), r.hdr, r.payload, r.fds, /*nonblocking=*/true);
       if (!w.ok()) {
@@ -155,6 +164,8 @@ void Export::on_readable() {
 
 void Export::end_session(const char* why) {
   if (!conn_) return;
+  if (device().abandoned_queues() != abandoned_seen_)
+    why = "a queue's requests did not complete within the stop deadline: abandoned";
   LOG_LIMITED(log_limit_, LogLevel::kInfo, "export", "%s: session ended: %s", id_.c_str(), why);
   // Destroying the session stops every ring: the workers complete what they
   // took before the device lets go of the queues. Only then does its memory
@@ -162,6 +173,7 @@ void Export::end_session(const char* why) {
   auto table = session_->memory().snapshot();
   session_->remove_memory_listener(&dma_);
   session_.reset();
+  abandoned_seen_ = device().abandoned_queues();
   dma_.release(*table);
   boost::system::error_code ignore;
   conn_->close(ignore);
@@ -172,6 +184,7 @@ void Export::describe_session(json::object& o) const {
   o["connected"] = conn_.has_value();
   o["sessions"] = sessions_;
   o["refused_messages"] = refused_messages_;
+  o["abandoned_queues"] = const_cast<Export*>(this)->device().abandoned_queues();
   json::array regions;
   if (session_) {
     for (const GuestRegion& r : session_->memory().snapshot()->regions())
@@ -497,7 +510,8 @@ void NetExport::metrics(MetricsText& m) const {
 
 // ---------------------------------------------------------------- Daemon
 
-Daemon::Daemon(DaemonOptions opts) : opts_(std::move(opts)) {
+Daemon::Daemon(DaemonOptions opts)
+    : opts_(std::move(opts)), qmp_cancel_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
   // Without --socket-dir, the API socket's directory (start_api adds it).
   try {
     confine_ = Confinement(opts_.socket_dirs, opts_.file_dirs);
@@ -1031,6 +1045,7 @@ void Daemon::attach(const std::string& id, const std::string& vmm_spec, Done don
   AttachRequest r{id, it->second->path(), vmm, it->second->queues(),
                   std::string(it->second->type()) == "net"};
   if (auto* n = dynamic_cast<const NetExport*>(it->second.get())) r.mac = net::format_mac(n->spec().mac);
+  r.cancel_fd = qmp_cancel_.get();
   busy_.insert(id);
   vmm_ops_.emplace_back([this, r, done] {
     std::string err;
@@ -1063,7 +1078,7 @@ void Daemon::detach(const std::string& id, Done done) {
   vmm_ops_.emplace_back([this, id, a, done] {
     std::string err;
     try {
-      qmp_detach(a);
+      qmp_detach(a, std::chrono::seconds(60), qmp_cancel_.get());
     } catch (const std::exception& e) {
       err = e.what();
     }
@@ -1132,6 +1147,7 @@ int Daemon::run() {
     wo.name = "worker" + std::to_string(i);
     wo.poll_us = opts_.poll_us;
     wo.busy_time = opts_.busy_time;
+    wo.stop_timeout = std::chrono::milliseconds(opts_.stop_timeout_ms);
     if (!opts_.cpus.empty()) wo.cpu = opts_.cpus[i % opts_.cpus.size()];
     auto w = std::make_unique<Worker>(wo);
     Status s = w->start();
@@ -1216,7 +1232,12 @@ void Daemon::stop() {
 }
 
 void Daemon::shutdown() {
-  // Attach/detach threads end within their QMP timeouts.
+  // Attach/detach threads give up at once (every QMP wait polls the cancel
+  // fd), so that a VMM that never answers cannot hold up the exit.
+  if (qmp_cancel_.valid()) {
+    uint64_t one = 1;
+    (void)!::write(qmp_cancel_.get(), &one, sizeof one);
+  }
   for (auto& t : vmm_ops_)
     if (t.joinable()) t.join();
   vmm_ops_.clear();

@@ -113,6 +113,7 @@ class Export {
   Daemon& daemon_;
   uint64_t sessions_ = 0;
   uint64_t refused_messages_ = 0;
+  uint32_t abandoned_seen_ = 0;  // device().abandoned_queues() when last looked at
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // false once destroyed
 };
 
@@ -189,6 +190,9 @@ struct DaemonOptions {
   std::vector<int> cpus;     // pin worker i to cpus[i % size]
   unsigned poll_us = 50;     // busy-poll this long after the last work before sleeping
   bool busy_time = false;    // workers account their busy time (--busy-time)
+  // How long a queue's stop waits for its requests (a hung file or device)
+  // before they are abandoned and the session ended (--stop-timeout).
+  unsigned stop_timeout_ms = 5000;
   std::string metrics;       // "HOST:PORT" for Prometheus metrics over HTTP; empty: none
 };
 
@@ -275,6 +279,7 @@ class Daemon {
   std::map<std::string, Attachment> attached_;  // export id -> where it is attached
   std::set<std::string> busy_;                   // exports with an attach/detach under way
   std::vector<std::thread> vmm_ops_;
+  UniqueFd qmp_cancel_;  // an eventfd: written at shutdown, every QMP wait ends
   gid_t api_gid_ = static_cast<gid_t>(-1);
   Confinement confine_;
   std::string confine_error_;  // a configured directory that does not resolve: run() refuses to start

@@ -16,20 +16,33 @@ namespace {
 constexpr size_t kMaxMessage = 1 << 20;  // QEMU's answers are far smaller
 }
 
-QmpClient::QmpClient(const std::string& path, std::chrono::milliseconds timeout) {
+QmpClient::QmpClient(const std::string& path, std::chrono::milliseconds timeout, int cancel_fd)
+    : cancel_fd_(cancel_fd) {
   sockaddr_un sa{};
   sa.sun_family = AF_UNIX;
   if (path.empty() || path.size() >= sizeof sa.sun_path) throw std::runtime_error("bad QMP socket path '" + path + "'");
   std::memcpy(sa.sun_path, path.c_str(), path.size() + 1);
-  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  // Non-blocking throughout: every wait is a poll with a deadline.
+  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd_ < 0) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
-  if (::connect(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+  auto deadline = Clock::now() + timeout;
+  for (;;) {
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) break;
     int e = errno;
+    // A unix socket whose backlog is full answers EAGAIN: try again until
+    // the deadline (there is no completion to wait for).
+    if ((e == EAGAIN || e == EINTR) && Clock::now() < deadline) {
+      pollfd c{cancel_fd_, POLLIN, 0};
+      if (::poll(&c, cancel_fd_ >= 0 ? 1 : 0, 10) > 0) e = ECANCELED;  // 10 ms between tries
+      else continue;
+    }
     ::close(fd_);
     fd_ = -1;
-    throw std::runtime_error("cannot connect to " + path + ": " + std::strerror(e));
+    throw std::runtime_error("cannot connect to " + path + ": " +
+                             (e == EAGAIN ? std::string("it accepts no connection (timed out)")
+                              : e == ECANCELED ? std::string("cancelled: the daemon is stopping")
+                                               : std::string(std::strerror(e))));
   }
-  auto deadline = Clock::now() + timeout;
   json::object greeting;
   try {
     greeting = read_message(deadline);
@@ -58,13 +71,32 @@ QmpClient::~QmpClient() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+void QmpClient::wait_for(short events, Clock::time_point deadline) {
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) throw std::runtime_error("timed out waiting for the VMM");
+    pollfd p[2] = {{fd_, events, 0}, {cancel_fd_, POLLIN, 0}};
+    int r = ::poll(p, cancel_fd_ >= 0 ? 2 : 1, static_cast<int>(left));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw std::runtime_error(std::string("poll: ") + std::strerror(errno));
+    if (r == 0) throw std::runtime_error("timed out waiting for the VMM");
+    if (cancel_fd_ >= 0 && (p[1].revents & POLLIN)) throw std::runtime_error("cancelled: the daemon is stopping");
+    return;
+  }
+}
+
 void QmpClient::send(const json::object& msg) {
   std::string s = json::serialize(msg) + "\r\n";
   size_t off = 0;
+  auto deadline = Clock::now() + std::chrono::seconds(5);  // a VMM that reads nothing
   while (off < s.size()) {
     ssize_t n = ::send(fd_, s.data() + off, s.size() - off, MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        wait_for(POLLOUT, deadline);
+        continue;
+      }
       throw std::runtime_error(std::string("the VMM went away (send: ") + std::strerror(errno) + ")");
     }
     off += static_cast<size_t>(n);
@@ -89,17 +121,12 @@ json::object QmpClient::read_message(Clock::time_point deadline) {
       return v.as_object();
     }
     if (buf_.size() > kMaxMessage) throw std::runtime_error("the VMM sent a message over 1 MiB");
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) throw std::runtime_error("timed out waiting for the VMM");
-    pollfd p{fd_, POLLIN, 0};
-    int r = ::poll(&p, 1, static_cast<int>(left));
-    if (r < 0 && errno == EINTR) continue;
-    if (r == 0) throw std::runtime_error("timed out waiting for the VMM");
+    wait_for(POLLIN, deadline);
     char tmp[4096];
     ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
     if (n == 0) throw std::runtime_error("the VMM closed the QMP connection");
     if (n < 0) {
-      if (errno == EINTR) continue;
+      if (errno == EINTR || errno == EAGAIN) continue;
       throw std::runtime_error(std::string("the VMM went away (") + std::strerror(errno) + ")");
     }
     buf_.append(tmp, static_cast<size_t>(n));

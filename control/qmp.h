@@ -27,9 +27,11 @@ class QmpClient {
  public:
   using Clock = std::chrono::steady_clock;
   // Connects, reads the greeting (refusing anything that is not QEMU's) and
-  // sends qmp_capabilities.
+  // sends qmp_capabilities. Every step has a deadline, the connect too (a
+  // VMM whose listen backlog is full); `cancel_fd` (an eventfd, or -1)
+  // ends any wait at once when it becomes readable (the daemon stopping).
   explicit QmpClient(const std::string& socket_path,
-                     std::chrono::milliseconds timeout = std::chrono::seconds(5));
+                     std::chrono::milliseconds timeout = std::chrono::seconds(5), int cancel_fd = -1);
   ~QmpClient();
   QmpClient(const QmpClient&) = delete;
   QmpClient& operator=(const QmpClient&) = delete;
@@ -47,8 +49,11 @@ class QmpClient {
  private:
   boost::json::object read_message(Clock::time_point deadline);
   void send(const boost::json::object& msg);
+  // Waits for `events` on the socket until the deadline or a cancel; throws.
+  void wait_for(short events, Clock::time_point deadline);
 
   int fd_ = -1;
+  int cancel_fd_ = -1;
   std::string buf_;
   std::deque<boost::json::object> events_;
   uint64_t next_id_ = 1;

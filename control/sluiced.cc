@@ -97,6 +97,9 @@ vhost-user-blk, and prints a QEMU command line that attaches a guest to it.
   --cpus LIST       pin workers to these CPUs, e.g. 2,3
   --poll-us N       busy-poll N microseconds after the last request before
                     sleeping on the kick eventfds (default 50; 0 = never poll)
+  --stop-timeout MS how long a stopping queue waits for its requests (a hung
+                    file or device) before they are abandoned and the
+                    front-end's session ended (default 5000)
   --busy-time       workers keep their busy time (poll loops that found work;
                     `sluicectl workers`, metrics); costs a time-stamp read per
                     loop, a few percent at full load
@@ -188,6 +191,11 @@ int main(int argc, char** argv) {
             std::stoi(v) < 1)
           throw SpecError("--workers: expected a number >= 1");
         opts.workers = static_cast<unsigned>(std::stoi(v));
+      } else if (a == "--stop-timeout") {
+        std::string v = value();
+        if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos || v.size() > 6 || std::stoul(v) < 10)
+          throw SpecError("--stop-timeout: milliseconds, 10..999999");
+        opts.stop_timeout_ms = static_cast<unsigned>(std::stoul(v));
       } else if (a == "--busy-time") {
         opts.busy_time = true;
       } else if (a == "--no-cache-demote") {

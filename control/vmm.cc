@@ -57,7 +57,7 @@ bool has_device(QmpClient& q, const std::string& id) {
 }  // namespace
 
 Attachment qmp_attach(const AttachRequest& r, std::chrono::milliseconds timeout) {
-  QmpClient q(r.vmm, std::chrono::seconds(5));
+  QmpClient q(r.vmm, std::chrono::seconds(5), r.cancel_fd);
   Attachment a{r.vmm, "sluice-" + r.export_id, "sluice-" + r.export_id, q.version()};
   check_shared_memory(q);
   if (has_device(q, a.device_id) || has_chardev(q, a.chardev_id))
@@ -124,8 +124,8 @@ Attachment qmp_attach(const AttachRequest& r, std::chrono::milliseconds timeout)
   return a;
 }
 
-void qmp_detach(const Attachment& a, std::chrono::milliseconds unplug_timeout) {
-  QmpClient q(a.vmm, std::chrono::seconds(5));
+void qmp_detach(const Attachment& a, std::chrono::milliseconds unplug_timeout, int cancel_fd) {
+  QmpClient q(a.vmm, std::chrono::seconds(5), cancel_fd);
   try {
     q.execute("device_del", {{"id", a.device_id}});
     q.wait_event("DEVICE_DELETED", "device", a.device_id, unplug_timeout);

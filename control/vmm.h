@@ -23,6 +23,7 @@ struct AttachRequest {
   uint16_t queues = 1;   // virtqueues (blk) or queue pairs (net)
   bool net = false;      // virtio-net-pci over netdev vhost-user, not vhost-user-blk-pci
   std::string mac;       // net: the port's MAC, given to the device (a locked port sends only with it)
+  int cancel_fd = -1;    // readable: give up at once (QmpClient)
 };
 
 struct Attachment {
@@ -35,7 +36,8 @@ struct Attachment {
 
 // Both throw QmpError (QEMU's words) or std::runtime_error (ours).
 Attachment qmp_attach(const AttachRequest& r, std::chrono::milliseconds timeout = std::chrono::seconds(20));
-void qmp_detach(const Attachment& a, std::chrono::milliseconds unplug_timeout = std::chrono::seconds(60));
+void qmp_detach(const Attachment& a, std::chrono::milliseconds unplug_timeout = std::chrono::seconds(60),
+                int cancel_fd = -1);
 
 // "qmp:/path" or "/path" -> "/path". Throws std::invalid_argument.
 std::string parse_vmm(const std::string& spec);

@@ -226,9 +226,13 @@ void VirtioOffloadDevice::queue_stopped(uint16_t index) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
     used = virtq::load_acquire<uint16_t>(q.used_host + virtq::kUsedIdxOff);
   }
-  if (used != avail)
-    LOG_WARN("vfio", "%s: queue %u stopped with %u request(s) still on the device",
+  if (used != avail) {
+    // The device kept them past the deadline: the ring's state is not
+    // known, so the front-end's session ends (abandoned_queues()).
+    LOG_WARN("vfio", "%s: queue %u stopped with %u request(s) still on the device: abandoned",
              pci_->device().name().c_str(), index, static_cast<uint16_t>(avail - used));
+    abandoned_.fetch_add(1, std::memory_order_relaxed);
+  }
   q.stopped_at = used;
   q.running = false;
 }

@@ -55,6 +55,7 @@ class VirtioOffloadDevice final : public VirtioDevice {
   Status queue_started(const QueueBinding& b) override;
   void queue_stopped(uint16_t index) override;
   std::optional<uint16_t> stopped_base(uint16_t index) override;
+  uint32_t abandoned_queues() const override { return abandoned_.load(std::memory_order_relaxed); }
   void call_fd_changed(uint16_t index, int call_fd) override;
   void reset() override;
 
@@ -92,6 +93,7 @@ class VirtioOffloadDevice final : public VirtioDevice {
   std::vector<UniqueFd> spare_;  // our eventfds for vectors with no call fd
   UniqueFd epoll_, stop_;
   std::thread relay_;
+  std::atomic<uint32_t> abandoned_{0};  // queues stopped with requests still on the device
 };
 
 }  // namespace sluice::vfio

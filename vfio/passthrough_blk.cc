@@ -55,6 +55,7 @@ class PassthroughQueue final : public Pollable {
 
   void complete(Worker& w, IoOp*, int) override {
     wake_armed_ = false;
+    if (abandoned_) return;  // its ring is gone; only the wait on the device's eventfd was left
     st_.device_irqs.fetch_add(1, std::memory_order_relaxed);
     reap_device();
     if (inflight_ > 0 && !quiescing_) arm_wake(w);
@@ -79,7 +80,14 @@ class PassthroughQueue final : public Pollable {
       (void)!::write(irq_fd_, &one, sizeof one);
     }
   }
-  unsigned inflight() const override { return inflight_ + (wake_armed_ ? 1u : 0u); }
+  unsigned inflight() const override { return (abandoned_ ? 0u : inflight_) + (wake_armed_ ? 1u : 0u); }
+  // The device kept requests past the deadline: they are left to it (its
+  // DMA stays within the guest memory mapped for it, kept here until the
+  // device is reset or closed); only the pending eventfd wait is waited for.
+  void abandon() override {
+    abandoned_ = true;
+    mem_keep_ = q_->memory();
+  }
   void set_call_fd(int fd) { call_.store(fd, std::memory_order_relaxed); }
 
  private:
@@ -159,6 +167,8 @@ class PassthroughQueue final : public Pollable {
   uint64_t irq_count_ = 0;
   __kernel_timespec poll_ts_{0, 20000};
   unsigned inflight_ = 0;
+  bool abandoned_ = false;
+  std::shared_ptr<const MemoryTable> mem_keep_;
   bool quiescing_ = false, dirty_ = false, submitted_ = false;
   virtq::Chain chain_;
   virtq::DriverBuf bufs_[kMaxPass];

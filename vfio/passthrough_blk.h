@@ -50,6 +50,7 @@ class PassthroughBlkDevice final : public VirtioDevice {
   void set_driver_features(uint64_t f) override { driver_features_ = f; }
   Status queue_started(const QueueBinding& b) override;
   void queue_stopped(uint16_t index) override;
+  uint32_t abandoned_queues() const override { return queues_.abandoned(); }
   void call_fd_changed(uint16_t index, int call_fd) override;
   void reset() override;
 

@@ -71,6 +71,14 @@ class BlkQueue final : public Pollable {
   void complete(Worker& w, IoOp* op, int res) override {
     uint32_t idx = op->tag >> 8, seg = op->tag & 0xff;
     Slot& s = slots_[idx];
+    if (abandoned_) [[unlikely]] {
+      // Its ring and device are gone: the slot is only counted back.
+      if (--s.pending == 0) {
+        free_.push_back(static_cast<uint16_t>(idx));
+        --inflight_count_;
+      }
+      return;
+    }
     uint32_t type = s.req.type;
     if (res == -EFAULT) [[unlikely]] {
       // The kernel met a fault in the request's guest memory. Which page it
@@ -117,6 +125,10 @@ class BlkQueue final : public Pollable {
   void disarm() override { q_->set_kick_notification(false); }
   void quiesce() override { quiescing_ = true; }
   unsigned inflight() const override { return inflight_count_; }
+  void abandon() override {
+    abandoned_ = true;
+    mem_keep_ = q_->memory();  // the kernel may still write into the guest's buffers
+  }
   void set_call_fd(int fd) { call_.store(fd, std::memory_order_relaxed); }
   // Faults in this queue's accesses that start() did not take: a ring that
   // read as zeroes (empty, or malformed), a status byte, GET_ID's copy, the
@@ -166,7 +178,7 @@ class BlkQueue final : public Pollable {
         s.used_len = s.req.type == kTIn ? static_cast<uint32_t>(s.req.data_len) + 1 : 1;
         (s.req.type == kTIn ? st_.read_bytes : st_.write_bytes)
             .fetch_add(s.req.data_len, std::memory_order_relaxed);
-        if (try_inline(fd, s.req, off)) {
+        if (!dev_.remote_fs_ && try_inline(fd, s.req, off)) {
           finish(idx, kSOk);
           return;
         }
@@ -175,6 +187,7 @@ class BlkQueue final : public Pollable {
           io_uring_prep_readv(sqe, fd, s.req.iov, s.req.iovcnt, off);
         else
           io_uring_prep_writev(sqe, fd, s.req.iov, s.req.iovcnt, off);
+        async_if_remote(sqe);
         io_uring_sqe_set_data(sqe, &s.ops[0]);
         s.pending = 1;
         return;
@@ -184,6 +197,7 @@ class BlkQueue final : public Pollable {
         // status says so: fdatasync semantics.
         io_uring_sqe* sqe = w.get_sqe();
         io_uring_prep_fsync(sqe, dev_.fd_.get(), IORING_FSYNC_DATASYNC);
+        async_if_remote(sqe);
         io_uring_sqe_set_data(sqe, &s.ops[0]);
         s.pending = 1;
         s.used_len = 1;
@@ -274,7 +288,16 @@ class BlkQueue final : public Pollable {
     const DiscardSegment& d = s.req.segs[seg];
     io_uring_prep_fallocate(sqe, dev_.fd_.get(), mode, static_cast<off_t>(d.sector * kSectorSize),
                             static_cast<off_t>(uint64_t{d.num_sectors} * kSectorSize));
+    async_if_remote(sqe);
     io_uring_sqe_set_data(sqe, &s.ops[seg]);
+  }
+
+  // A file on a network or userspace file system may block the submitting
+  // thread even when asked not to (FUSE readahead waits for its server):
+  // such requests always go to io_uring's own workers, never run inline on
+  // ours, so a hung server stalls only this disk's requests.
+  void async_if_remote(io_uring_sqe* sqe) const {
+    if (dev_.remote_fs_) sqe->flags |= IOSQE_ASYNC;
   }
 
   // Buffered I/O whose data is in the page cache is a copy: do it here with
@@ -333,9 +356,34 @@ class BlkQueue final : public Pollable {
   std::vector<uint16_t> done_heads_;  // completed this burst
   bool dirty_ = false;
   bool quiescing_ = false;
+  bool abandoned_ = false;
+  std::shared_ptr<const MemoryTable> mem_keep_;  // once abandoned
   bool reported_broken_ = false;
   bool inline_ok_ = true;
 };
+
+namespace {
+// File systems whose I/O can wait on a server (or a process) without bound.
+bool remote_fs_magic(uint64_t magic) {
+  switch (magic) {
+    case 0x65735546:  // FUSE (fuse, fuseblk)
+    case 0x6969:      // NFS
+    case 0x517B:      // SMB
+    case 0xFF534D42:  // CIFS
+    case 0xFE534D42:  // SMB2
+    case 0x00C36400:  // Ceph
+    case 0x01021997:  // 9P
+    case 0x5346414F:  // AFS
+    case 0x7461636F:  // OCFS2
+    case 0x01161970:  // GFS2
+    case 0x73757245:  // Coda
+    case 0x13661366:  // OrangeFS
+      return true;
+    default:
+      return false;
+  }
+}
+}  // namespace
 
 Result<std::unique_ptr<BlkDevice>> BlkDevice::open(const BlkOptions& opts,
                                                    std::vector<Worker*> workers) {
@@ -367,6 +415,12 @@ Result<std::unique_ptr<BlkDevice>> BlkDevice::open(const BlkOptions& opts,
     bytes = opts.size;  // sparse
   }
   struct statfs sfs{};
+  // A file system that cannot say what it is (a FUSE server failing
+  // STATFS) is taken for one that may hang.
+  d->remote_fs_ = ::fstatfs(d->fd_.get(), &sfs) != 0 || remote_fs_magic(static_cast<uint64_t>(sfs.f_type));
+  if (d->remote_fs_)
+    LOG_INFO("blk", "%s is on a network or userspace file system: its requests never run on a worker's thread",
+             opts.file.c_str());
   if (::fstatfs(d->fd_.get(), &sfs) == 0 && (static_cast<uint64_t>(sfs.f_type) == TMPFS_MAGIC ||
                                              static_cast<uint64_t>(sfs.f_type) == RAMFS_MAGIC))
     d->memory_backed_ = true;

@@ -111,6 +111,7 @@ class BlkDevice : public VirtioDevice {
   void set_driver_features(uint64_t f) override { driver_features_ = f; }
   Status queue_started(const QueueBinding& b) override;
   void queue_stopped(uint16_t index) override;
+  uint32_t abandoned_queues() const override { return queues_.abandoned(); }
   void call_fd_changed(uint16_t index, int call_fd) override;
   void reset() override;
 
@@ -118,6 +119,7 @@ class BlkDevice : public VirtioDevice {
   uint64_t capacity_bytes() const noexcept { return capacity_; }
   const BlkQueueStats& stats(uint16_t q) const { return *stats_[q]; }
   bool direct_io() const noexcept { return direct_fd_.valid(); }
+  bool remote_fs() const noexcept { return remote_fs_; }
 
  private:
   friend class BlkQueue;
@@ -133,6 +135,7 @@ class BlkDevice : public VirtioDevice {
   uint64_t driver_features_ = 0;
   std::atomic<bool> zero_range_unsupported_{false};
   bool memory_backed_ = false;  // tmpfs/ramfs: buffered I/O is a copy that never waits on a device
+  bool remote_fs_ = false;      // FUSE, NFS, SMB, ...: every request IOSQE_ASYNC, none inline
   WorkerQueues<BlkQueue> queues_;
   std::vector<std::unique_ptr<BlkQueueStats>> stats_;
 };

@@ -58,8 +58,14 @@ class VirtioDevice {
   // The queue may now be served. Called on the control thread.
   virtual Status queue_started(const QueueBinding& b) = 0;
   // The queue must stop: when this returns, no worker touches it again and
-  // every completion is pushed and flushed. Called on the control thread.
+  // every completion is pushed and flushed, or (requests that did not
+  // complete within the worker's stop deadline: a hung file or device) the
+  // queue was abandoned and abandoned_queues() counts it. Called on the
+  // control thread.
   virtual void queue_stopped(uint16_t index) = 0;
+  // Queues abandoned by queue_stopped() or reset() since the device was
+  // made: the front-end's session is ended (its ring state is lost).
+  virtual uint32_t abandoned_queues() const { return 0; }
   // After queue_stopped(): the avail index to report to GET_VRING_BASE when
   // the device, not the software queue, ran the ring (queue offload); none
   // means the software queue's own index.

@@ -31,15 +31,20 @@ class WorkerQueues {
     worker(i).attach(q.get());
     queues_[i] = std::move(q);
   }
-  // Returns once the worker has let go of queue i (its requests complete).
-  void stop(uint16_t i) {
-    if (i >= queues_.size() || !queues_[i]) return;
-    worker(i).detach(queues_[i].get());
-    queues_[i].reset();
+  // Returns once the worker has let go of queue i: true when its requests
+  // completed, false when they did not within the worker's stop_timeout
+  // (the queue was abandoned: Worker::retire).
+  bool stop(uint16_t i) {
+    if (i >= queues_.size() || !queues_[i]) return true;
+    bool ok = worker(i).retire(std::move(queues_[i]));
+    if (!ok) ++abandoned_;
+    return ok;
   }
   void stop_all() {
     for (uint16_t i = 0; i < queues_.size(); ++i) stop(i);
   }
+  // Queues whose stop was abandoned, since init.
+  uint32_t abandoned() const noexcept { return abandoned_; }
   // A new call fd, in use by the worker's next burst when this returns.
   void set_call_fd(uint16_t i, int fd) {
     if (i >= queues_.size() || !queues_[i]) return;
@@ -51,6 +56,7 @@ class WorkerQueues {
   Worker& worker(uint16_t i) { return *workers_[i % workers_.size()]; }
   std::vector<Worker*> workers_;
   std::vector<std::unique_ptr<Q>> queues_;
+  uint32_t abandoned_ = 0;
 };
 
 }  // namespace sluice

@@ -53,15 +53,48 @@ void Worker::stop() {
   thread_.join();
   io_uring_queue_exit(&ring_);
   ring_ok_ = false;
+  if (!abandoned_.empty()) {
+    // The kernel may still write into what they keep alive (guest memory):
+    // left mapped for the rest of the process.
+    LOG_WARN("worker", "%s: %zu abandoned queue(s) still have requests in the kernel at stop", opts_.name.c_str(),
+             abandoned_.size());
+    for (auto& a : abandoned_) (void)a.release();
+    abandoned_.clear();
+  }
 }
 
-void Worker::post(Cmd& c) {
-  std::unique_lock lk(cmd_mu_);
+void Worker::enqueue(Cmd& c) {
   cmds_.push_back(&c);
   cmd_pending_.store(true, std::memory_order_release);
   uint64_t one = 1;
   (void)!::write(cmd_efd_.get(), &one, sizeof one);  // wakes a sleeping worker
+}
+
+void Worker::post(Cmd& c) {
+  std::unique_lock lk(cmd_mu_);
+  enqueue(c);
   cmd_cv_.wait(lk, [&] { return c.done; });
+}
+
+bool Worker::retire(std::unique_ptr<Pollable> p) {
+  if (!p) return true;
+  if (!thread_.joinable()) return true;  // no worker: p goes with the unique_ptr
+  Cmd c{false, p.get()};
+  std::unique_lock lk(cmd_mu_);
+  enqueue(c);
+  if (!cmd_cv_.wait_for(lk, opts_.stop_timeout, [&] { return c.done; })) {
+    // Its requests are still out: the worker abandons p at its next loop
+    // (a burst away: the worker itself never waits on a file or a device).
+    c.abandon = true;
+    c.owned = std::move(p);
+    abandon_pending_.store(true, std::memory_order_release);
+    uint64_t one = 1;
+    (void)!::write(cmd_efd_.get(), &one, sizeof one);
+    cmd_cv_.wait(lk, [&] { return c.done; });
+    if (c.abandoned) return false;
+    p = std::move(c.owned);  // it finished just in time after all
+  }
+  return true;
 }
 
 void Worker::attach(Pollable* p) {
@@ -128,6 +161,52 @@ void Worker::handle_commands() {
   }
 }
 
+void Worker::forget(Pollable* p) {
+  pollables_.erase(std::remove(pollables_.begin(), pollables_.end(), p), pollables_.end());
+  // Its kick poll may still be armed in the ring: orphan it (the completion
+  // frees it) and ask the kernel to cancel it.
+  for (auto& k : kicks_) {
+    if (k && k->target == p) {
+      k->target = nullptr;
+      if (k->armed) {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(&k->op));
+        io_uring_sqe_set_data(sqe, nullptr);
+        orphans_.push_back(std::move(k));  // freed when its poll completes
+      } else {
+        k.reset();
+      }
+    }
+  }
+  kicks_.erase(std::remove(kicks_.begin(), kicks_.end(), nullptr), kicks_.end());
+}
+
+void Worker::abandon_overdue() {
+  abandon_pending_.store(false, std::memory_order_relaxed);
+  std::lock_guard lk(cmd_mu_);
+  for (size_t j = 0; j < pending_detach_cmds_.size();) {
+    Cmd* c = pending_detach_cmds_[j];
+    if (!c->abandon) {
+      ++j;
+      continue;
+    }
+    Pollable* p = c->p;
+    forget(p);
+    detaching_.erase(std::remove(detaching_.begin(), detaching_.end(), p), detaching_.end());
+    p->abandon();
+    settle_faults(p);
+    LOG_WARN("worker", "%s: a queue's %u request(s) did not complete within %lld ms: abandoned (its ring is "
+             "no longer served; the requests are reaped when the kernel completes them)",
+             opts_.name.c_str(), p->inflight(), static_cast<long long>(opts_.stop_timeout.count()));
+    abandoned_.push_back(std::move(c->owned));
+    abandoned_count_.store(abandoned_.size(), std::memory_order_relaxed);
+    c->abandoned = true;
+    c->done = true;
+    pending_detach_cmds_.erase(pending_detach_cmds_.begin() + static_cast<long>(j));
+  }
+  cmd_cv_.notify_all();
+}
+
 void Worker::finish_detaches() {
   for (size_t i = 0; i < detaching_.size();) {
     Pollable* p = detaching_[i];
@@ -137,23 +216,7 @@ void Worker::finish_detaches() {
     }
     p->end_of_burst(*this);
     settle_faults(p);
-    pollables_.erase(std::remove(pollables_.begin(), pollables_.end(), p), pollables_.end());
-    // Its kick poll may still be armed in the ring: orphan it (the completion
-    // frees it) and ask the kernel to cancel it.
-    for (auto& k : kicks_) {
-      if (k && k->target == p) {
-        k->target = nullptr;
-        if (k->armed) {
-          io_uring_sqe* sqe = get_sqe();
-          io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(&k->op));
-          io_uring_sqe_set_data(sqe, nullptr);
-          orphans_.push_back(std::move(k));  // freed when its poll completes
-        } else {
-          k.reset();
-        }
-      }
-    }
-    kicks_.erase(std::remove(kicks_.begin(), kicks_.end(), nullptr), kicks_.end());
+    forget(p);
     detaching_.erase(detaching_.begin() + static_cast<long>(i));
     for (size_t j = 0; j < pending_detach_cmds_.size(); ++j) {
       if (pending_detach_cmds_[j]->p != p) continue;
@@ -324,6 +387,13 @@ void Worker::run() {
   uint64_t loop_start = busy_time ? read_tsc() : 0;
   while (!stop_.load(std::memory_order_acquire)) {
     if (cmd_pending_.load(std::memory_order_acquire)) handle_commands();
+    if (abandon_pending_.load(std::memory_order_acquire)) [[unlikely]]
+      abandon_overdue();
+    if (!abandoned_.empty()) [[unlikely]] {
+      // Abandoned pollables go once the kernel has completed their requests.
+      std::erase_if(abandoned_, [](const std::unique_ptr<Pollable>& a) { return a->inflight() == 0; });
+      abandoned_count_.store(abandoned_.size(), std::memory_order_relaxed);
+    }
     unsigned work = 0;
     for (Pollable* p : pollables_) {
       work += p->poll(*this, opts_.burst);

@@ -16,6 +16,7 @@
 #include <liburing.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -72,6 +73,12 @@ class Pollable {
   // Whatever is still pending afterwards is dropped with a log line.
   virtual void on_guest_fault() {}
   virtual unsigned inflight() const = 0;
+  // Worker thread, once: its requests did not complete within the stop
+  // deadline (Worker::retire) and its ring and device are going away. From
+  // now on only complete() and inflight() are called; complete() must touch
+  // nothing but the pollable itself and what it keeps alive (the guest
+  // memory the kernel may still write: keep a reference to it here).
+  virtual void abandon() {}
 };
 
 struct WorkerOptions {
@@ -81,6 +88,9 @@ struct WorkerOptions {
   unsigned burst = 32;          // requests per queue per burst
   unsigned poll_us = 50;        // busy-poll this long after the last work before sleeping
   bool busy_time = false;       // keep busy_ns(): one time-stamp read per loop (a few % at full load)
+  // How long retire() waits for a pollable's requests (a hung file or
+  // device) before abandoning them.
+  std::chrono::milliseconds stop_timeout{5000};
 };
 
 class Worker {
@@ -95,7 +105,15 @@ class Worker {
 
   // Control thread. Return once the worker has taken / let go of p.
   void attach(Pollable* p);
-  void detach(Pollable* p);
+  void detach(Pollable* p);  // for pollables whose requests always complete (inflight() bounded by a burst)
+  // Detaches p and destroys it. true: its requests completed within
+  // stop_timeout. false: they did not; p was abandoned (Pollable::abandon)
+  // and the worker destroys it once they complete, or leaves it to the
+  // kernel at stop(). Either way nothing of p's ring or device is touched
+  // after this returns.
+  bool retire(std::unique_ptr<Pollable> p);
+  // Pollables abandoned and not yet destroyed (their requests still out).
+  size_t abandoned() const noexcept { return abandoned_count_.load(std::memory_order_relaxed); }
   // Returns after the worker has finished the burst it was in: state the
   // control thread changed before calling is seen by every later burst, and
   // nothing read before it (an old call fd) is used any more.
@@ -130,6 +148,9 @@ class Worker {
     bool attach;
     Pollable* p;
     bool done = false;
+    bool abandon = false;    // retire(): the deadline passed, the worker is to abandon p
+    bool abandoned = false;  // ... and it did (p moved to abandoned_)
+    std::unique_ptr<Pollable> owned;  // retire(): p, for the worker to keep when abandoned
   };
 
   void run();
@@ -141,6 +162,9 @@ class Worker {
   }
   static void hand_faults(Pollable* p);
   void post(Cmd& c);  // control thread: queue a command, wait for its acknowledgement
+  void enqueue(Cmd& c);  // the same, without waiting (cmd_mu_ held by the caller)
+  void abandon_overdue();  // worker: detaches whose retire() gave up
+  void forget(Pollable* p);  // worker: p leaves pollables_ and its kick poll is orphaned
   void handle_commands();
   void reap();
   void end_burst();
@@ -169,6 +193,9 @@ class Worker {
   UniqueFd cmd_efd_;
   KickPoll cmd_poll_;
   std::vector<Cmd*> pending_detach_cmds_;
+  std::atomic<bool> abandon_pending_{false};
+  std::vector<std::unique_ptr<Pollable>> abandoned_;  // worker: destroyed when inflight() is 0
+  std::atomic<size_t> abandoned_count_{0};
 
   std::atomic<uint64_t> sleeps_{0}, polls_{0}, sleep_ns_{0};
   std::atomic<int64_t> started_ns_{0};

@@ -19,7 +19,7 @@ fail=0
 note() { echo "hostile_peers: $*"; }
 bad() { note "FAIL: $*"; fail=1; }
 
-"$SLUICED" --api "$api" --workers 1 \
+"$SLUICED" --api "$api" --workers 1 --stop-timeout 500 \
   --blk "id=good,path=$dir/good.sock,file=$dir/good.img,size=32M" \
   --blk "id=bad,path=$dir/bad.sock,file=$dir/bad.img,size=32M" > "$dir/sluiced.log" 2>&1 &
 SPID=$!
@@ -119,6 +119,35 @@ sleep 0.3
 "$BENCH" --socket "$dir/good.sock" --rw verify --bs 4096 --qd 8 --seconds 1 > "$dir/good-split.txt" 2>&1 ||
   bad "split message: the good tenant's new session failed: $(tail -1 "$dir/good-split.txt")"
 if wait $SPLIT; then note "split message: ok ($(tail -1 "$dir/split.txt"))"; else bad "split message: $(cat "$dir/split.txt")"; fi
+
+# Storage that hangs: a disk whose backing file lies on a FUSE file system
+# that never answers a read (a dead NFS server, a stuck FUSE daemon). The
+# front-end goes away with reads outstanding: stopping its queue waits the
+# stop deadline (--stop-timeout 500), then abandons the queue and ends the
+# session; the control thread, the API and the good tenant go on.
+mkdir -p "$dir/fuse"
+python3 "$(dirname "$0")/hung_fuse.py" "$dir/fuse" 33554432 > "$dir/fuse.txt" 2>&1 &
+FPID=$!
+for _ in $(seq 1 50); do grep -q ready "$dir/fuse.txt" 2>/dev/null && break; kill -0 $FPID 2>/dev/null || break; sleep 0.1; done
+if ! grep -q ready "$dir/fuse.txt"; then
+  wait $FPID; note "hung storage: skipped ($(head -1 "$dir/fuse.txt"))"
+else
+  ctl add-blk "path=$dir/hung.sock,file=$dir/fuse/disk.img,direct=off" > /dev/null || bad "hung storage: add-blk failed"
+  timeout -s KILL 2 "$BENCH" --socket "$dir/hung.sock" --rw read --bs 4096 --qd 4 --seconds 1 > /dev/null 2>&1
+  sleep 1
+  t0=$(date +%s%N)
+  ctl --json list > "$dir/stats-hung.txt" || bad "hung storage: the API did not answer"
+  api_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  grep -qE '"id":"hung"[^}]*"abandoned_queues":1' "$dir/stats-hung.txt" ||
+    bad "hung storage: no abandoned queue reported: $(cat "$dir/stats-hung.txt")"
+  grep -q "abandoned" "$dir/sluiced.log" || bad "hung storage: no log line"
+  "$BENCH" --socket "$dir/good.sock" --rw verify --bs 4096 --qd 8 --seconds 1 > "$dir/good-hung.txt" 2>&1 ||
+    bad "hung storage: the good tenant saw errors: $(tail -1 "$dir/good-hung.txt")"
+  kill $FPID; wait $FPID 2>/dev/null
+  umount -l "$dir/fuse" 2>/dev/null
+  ctl remove hung > /dev/null || bad "hung storage: the export could not be removed"
+  note "hung storage: ok (queue abandoned after the stop deadline, session ended; API answered in ${api_ms} ms)"
+fi
 
 # fd exhaustion: a second sluiced at a low fd limit, and a client that holds
 # connections until accept fails with EMFILE. The accept loop must back off

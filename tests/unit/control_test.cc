@@ -1,5 +1,6 @@
 // control/: the --blk spec syntax and the JSON-RPC handler, including every
 // error code a client can provoke.
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <netinet/in.h>
@@ -626,6 +627,58 @@ TEST(Qmp, ANetPortIsAddedWithItsMac) {
   EXPECT_EQ(dev.at("mac").as_string(), "52:54:00:00:00:0a");
   EXPECT_EQ(dev.at("mq").as_bool(), true);
   EXPECT_EQ(dev.at("vectors").to_number<int64_t>(), 0);
+}
+
+// A VMM that never answers, or never accepts: every wait has a deadline,
+// and the daemon's cancel fd ends it at once.
+TEST(Qmp, ASilentVmmIsGivenUpOnCancelAndAFullBacklogTimesOut) {
+  std::string path = "/tmp/sluice-fakeqmp-silent.sock";
+  ::unlink(path.c_str());
+  int l = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path.c_str());
+  ASSERT_EQ(::bind(l, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  ASSERT_EQ(::listen(l, 0), 0);  // never accepts: connections wait in the backlog, no greeting
+  int cancel = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    uint64_t one = 1;
+    (void)!::write(cancel, &one, sizeof one);
+  });
+  auto t0 = std::chrono::steady_clock::now();
+  AttachRequest r{"vm1", "/run/x.sock", path, 1};
+  r.cancel_fd = cancel;
+  try {
+    qmp_attach(r);
+    FAIL() << "attach succeeded";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("cancelled"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));  // not the 5 s greeting deadline
+  t.join();
+  // Fill the backlog: the next connect cannot complete; it times out.
+  std::vector<int> held;
+  for (int i = 0; i < 8; ++i) {
+    int c = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (::connect(c, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+      ::close(c);
+      break;
+    }
+    held.push_back(c);
+  }
+  t0 = std::chrono::steady_clock::now();
+  try {
+    QmpClient q(path, std::chrono::milliseconds(300));
+    FAIL() << "connected";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("accepts no connection"), std::string::npos) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
+  for (int c : held) ::close(c);
+  ::close(cancel);
+  ::close(l);
+  ::unlink(path.c_str());
 }
 
 TEST(Qmp, DeviceAddFailureIsReportedVerbatimAndUndone) {
