@@ -276,8 +276,10 @@ class NetRxQueue final : public NetQueue {
       h.num_buffers = 1;
       store_hdr(base, h);
       std::memcpy(base + hl, p.eth, kEthHdrLen);
+      // memmove: a guest may post a receive buffer that overlaps the frame
+      // it sends (same speed as memcpy in glibc; memcpy would be UB).
       if (p.niov == 1 && !finish_csum) [[likely]]
-        std::memcpy(base + hl + kEthHdrLen,
+        std::memmove(base + hl + kEthHdrLen,
                     static_cast<const uint8_t*>(p.iov[0].iov_base) + p.offset + kEthHdrLen, p.len - kEthHdrLen);
       else
         p.copy_out(kEthHdrLen, base + hl + kEthHdrLen, p.len - kEthHdrLen, finish_csum);

@@ -56,7 +56,9 @@ uint32_t Packet::copy_out(uint32_t from, void* dstv, uint32_t n, bool finish_csu
     while (i < niov && skip >= iov[i].iov_len) skip -= iov[i++].iov_len;
     while (done < n && i < niov) {
       size_t k = std::min<size_t>(iov[i].iov_len - skip, n - done);
-      std::memcpy(d + done, static_cast<const uint8_t*>(iov[i].iov_base) + skip, k);
+      // memmove: source and destination may both be one guest's memory (a
+      // receive buffer overlapping the frame sent).
+      std::memmove(d + done, static_cast<const uint8_t*>(iov[i].iov_base) + skip, k);
       done += static_cast<uint32_t>(k);
       skip = 0;
       ++i;
