@@ -15,12 +15,17 @@
 //                       ring (must be refused)
 //   huge-memory         a memory table of 2 TiB (sparse): past the export's
 //                       bound, refused
+//   hwpoison            poisons the page of its first request's buffer with
+//                       madvise(MADV_HWPOISON) (a hardware memory error, as
+//                       the kernel reports one: SIGBUS BUS_MCEERR_AR). Run it
+//                       only in a test guest (tests/e2e/hwpoison_guest.sh):
+//                       the page is taken out of service for good
 //
 // It reports what it saw of the back-end (request statuses) and keeps the
 // connection open for --hold seconds, so that a test can look at the
 // back-end meanwhile. Exit 0: the back-end answered as a contained failure
 // should look from the front-end's side; 1: it did not; 77: the case cannot
-// run here (no guest_memfd).
+// run here (no guest_memfd, no MADV_HWPOISON).
 //
 //   sluice-hostile --socket PATH --case NAME [--hold SECONDS]
 #include <fcntl.h>
@@ -219,6 +224,25 @@ int main(int argc, char** argv) {
     return report(done == kRequests && ioerr == kRequests,
                   std::to_string(done) + " of " + std::to_string(kRequests) + " answered, " +
                       std::to_string(ioerr) + " with IOERR");
+  }
+  if (name == "hwpoison") {
+    // Request 0's buffer page fails as faulty RAM would. We never touch it
+    // again; the back-end must fail request 0, serve the others, and report
+    // the page.
+    if (::madvise(guest.host(kRegion1), 4096, MADV_HWPOISON) != 0) {
+      std::printf("hostile %s: skipped: madvise(MADV_HWPOISON): %s (needs CONFIG_MEMORY_FAILURE and "
+                  "CAP_SYS_ADMIN)\n",
+                  name.c_str(), std::strerror(errno));
+      return 77;
+    }
+    drv.ring().publish();
+    kick_it();
+    uint32_t done = collect(), ioerr = count_status(blk::kSIoErr), ok = count_status(blk::kSOk);
+    bool first_failed = static_cast<uint8_t>(*guest.host(status[0])) == blk::kSIoErr;
+    return report(done == kRequests && first_failed && ok == kRequests - 1,
+                  std::to_string(done) + " of " + std::to_string(kRequests) + " answered, " + std::to_string(ioerr) +
+                      " with IOERR (the poisoned page's: " + (first_failed ? "yes" : "no") + "), " +
+                      std::to_string(ok) + " OK");
   }
   if (name == "saturate-call") {
     uint64_t max = 0xfffffffffffffffeull;
