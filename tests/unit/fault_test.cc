@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdlib>
+#include <string>
 #include <cstring>
 
 #include <gtest/gtest.h>
@@ -270,6 +272,47 @@ TEST(GuestFault, GuestMemfdSharedIsServedPrivateFaults) {
   EXPECT_EQ(fault::count(), before);
   EXPECT_EQ(touch(p), 0);
   EXPECT_EQ(fault::count(), before + 1);
+}
+
+// A hugetlbfs file mapped without a reservation (Sluice maps guest memory
+// MAP_NORESERVE) whose huge page cannot be had when first touched: here a
+// hugetlbfs mount limited to one 2 MiB page, the second page of the region
+// past it. The touch raises SIGBUS; it is survived like any other, with a
+// huge zero page in place, and recorded with the huge page's size.
+TEST(GuestFault, AHugePageThatCannotBeAllocatedIsSurvived) {
+  char dir[] = "/tmp/sluice-huge-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  if (::system(("mount -t hugetlbfs -o pagesize=2M,size=2M none " + std::string(dir) + " 2>/dev/null").c_str()) != 0) {
+    ::rmdir(dir);
+    GTEST_SKIP() << "cannot mount a size-limited hugetlbfs (needs root and 2 MiB huge pages)";
+  }
+  std::string file = std::string(dir) + "/guest";
+  UniqueFd fd(::open(file.c_str(), O_RDWR | O_CREAT, 0600));
+  ASSERT_TRUE(fd.valid());
+  ASSERT_EQ(::ftruncate(fd.get(), 4 << 20), 0);  // two huge pages of file; the mount holds one
+  {
+    GuestMemory m;
+    std::vector<RegionSpec> specs(1);
+    specs[0] = RegionSpec{0x200000, 4 << 20, 0x7f0000200000, 0, std::move(fd)};
+    ASSERT_TRUE(m.set_regions(std::move(specs)).ok());
+    auto t = m.snapshot();
+    ASSERT_TRUE(t->regions()[0].hugetlbfs);
+    std::byte* first = t->translate_exact(0x200000, 8).value();
+    std::byte* second = t->translate_exact(0x400000 + 4096, 8).value();
+    clear_pending();
+    const uint64_t before = fault::count();
+    reinterpret_cast<volatile uint8_t*>(first)[0] = 9;  // the one page the mount has
+    EXPECT_EQ(touch(first), 9);
+    EXPECT_EQ(fault::count(), before);
+    EXPECT_EQ(touch(second), 0);  // no page to be had: SIGBUS, survived
+    EXPECT_EQ(fault::count(), before + 1);
+    fault::Fault f[fault::ThreadFaults::kRecent];
+    ASSERT_EQ(fault::take(f), 1u);
+    EXPECT_EQ(f[0].page_size, 2u << 20);
+    EXPECT_EQ(f[0].page, reinterpret_cast<uintptr_t>(second) & ~uintptr_t{(2u << 20) - 1});
+  }
+  EXPECT_EQ(::system(("umount " + std::string(dir)).c_str()), 0);
+  ::rmdir(dir);
 }
 
 }  // namespace
