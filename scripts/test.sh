@@ -71,8 +71,9 @@ echo "== worker and device tests under ThreadSanitizer =="
 if setup build-tsan -Db_sanitize=thread -Db_lundef=false -Dbench=false -Ddaemon=false -Ddpdk=disabled -Dwerror=true \
      -Dcpp_args=-Wno-tsan &&
    ninja -C build-tsan -j "$JOBS" tests/unit/blk_device_test tests/unit/vhost_test tests/unit/virtio_pci_test tests/unit/net_test \
+     tests/unit/worker_test \
      >build-tsan.build.log 2>&1; then
-  for t in blk_device_test vhost_test virtio_pci_test net_test; do
+  for t in blk_device_test vhost_test virtio_pci_test net_test worker_test; do
     out=$(TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/unit/$t 2>&1); rc=$?
     p=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' <<<"$out")
     f=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' <<<"$out")

@@ -21,7 +21,7 @@ struct PipeReader final : Pollable {
   IoOp op{this, 0};
   char buf[8];
   bool submitted = false;
-  unsigned pending = 0;
+  std::atomic<unsigned> pending{0};  // the test thread waits on it too
   std::atomic<bool>* abandoned_on_worker;
   std::atomic<bool>* destroyed;
   std::thread::id worker_thread;
