@@ -853,6 +853,25 @@ TEST(PortSecurity, FloodsAreRateLimitedPerPort) {
   EXPECT_EQ(c.dev->stats().dropped(Drop::kFloodLimit), 0u);
 }
 
+// A sender's "checksum known good" (DATA_VALID) is the sender's word: only a
+// receiver that negotiated GUEST_CSUM (and so may be told it) gets it.
+TEST(PortSecurity, DataValidReachesOnlyReceiversThatNegotiatedGuestCsum) {
+  Rig r;
+  Port& a = r.add(opts("a", kA));
+  Port& b = r.add(opts("b", kB));                                            // GUEST_CSUM
+  Port& c = r.add(opts("c", kC), kModern & ~(1ull << kFGuestCsum));         // not
+  r.post_rx(b, 1, 2048);
+  r.post_rx(c, 1, 2048);
+  VnetHdr h{};
+  h.flags = kHdrFDataValid;
+  r.send(a, eth_frame(kBcast, kA, 100, 5), h);
+  auto gb = r.receive(b, 1), gc = r.receive(c, 1);
+  ASSERT_EQ(gb.size(), 1u);
+  ASSERT_EQ(gc.size(), 1u);
+  EXPECT_EQ(gb[0].hdr.flags, kHdrFDataValid);
+  EXPECT_EQ(gc[0].hdr.flags, 0);
+}
+
 TEST(PortSecurity, ALegacyDriverCannotWriteAnotherMac) {
   Worker w{WorkerOptions{}};
   Switch sw{"t", w};
