@@ -24,6 +24,20 @@ Status read_full(int sock, uint8_t* p, size_t n) {
   return {};
 }
 
+// Takes ownership of every fd a received message carried.
+void take_fds(msghdr& msg, std::vector<UniqueFd>& out) {
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < n; ++i) {
+      int fd;
+      // SAFETY: n counts whole ints inside this cmsg's data.
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+      out.emplace_back(fd);
+    }
+  }
+}
+
 }  // namespace
 
 Status recv_message(int sock, Message& m) {
@@ -43,16 +57,7 @@ Status recv_message(int sock, Message& m) {
   if (r == 0) return Errc::kPeerClosed;
   // Take ownership of every fd that arrived before deciding anything, so none
   // leaks on an error path.
-  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    for (size_t i = 0; i < n; ++i) {
-      int fd;
-      // SAFETY: n counts whole ints inside this cmsg's data.
-      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-      m.fds.emplace_back(fd);
-    }
-  }
+  take_fds(msg, m.fds);
   if (msg.msg_flags & MSG_CTRUNC) return Errc::kMsgTruncated;
   if (static_cast<size_t>(r) < sizeof m.hdr) {
     SLUICE_TRY(read_full(sock, reinterpret_cast<uint8_t*>(&m.hdr) + r,
@@ -84,16 +89,7 @@ Result<bool> MessageReader::read(int sock) {
       return Error::from_errno(errno);
     }
     // Own every fd that came before deciding anything, so none leaks.
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < n; ++i) {
-        int fd;
-        // SAFETY: n counts whole ints inside this cmsg's data.
-        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        m_.fds.emplace_back(fd);
-      }
-    }
+    take_fds(msg, m_.fds);
     if (msg.msg_flags & MSG_CTRUNC) return Errc::kMsgTruncated;
     if (m_.fds.size() > kMaxFds) return Errc::kMsgBadFdCount;
     if (r == 0) return got_ == 0 ? Errc::kPeerClosed : Errc::kMsgTruncated;
